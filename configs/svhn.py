@@ -1,0 +1,34 @@
+r"""SVHN (tfds svhn_cropped), ResNet-18 (supplement Table 8). Default: Table 17's top row.
+
+  python -m menet_jax.main --config=configs/svhn.py --workdir=/tmp/menet_svhn
+  python -m menet_jax.main --config=configs/svhn.py:adv --workdir=/tmp/menet_svhn_adv
+
+Variant `adv`: Table 19's p 0.4->0.6 "Prep. + Adv. train" row (PGD-7, eps 8/255, step 2/255).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from base import apply_variant, get_base_config  # noqa: E402
+
+
+def _adv(c):
+    c.me.method = "nucnorm"
+    c.me.p_start, c.me.p_end = 0.4, 0.6
+    c.lr_boundaries_epochs = (50, 100, 150)
+    c.adv.enabled = True
+
+
+def get_config(arg=None):
+    c = get_base_config()
+    c.dataset = "svhn"
+    c.model = "resnet18"
+    c.num_epochs = 200
+    c.learning_rate = 0.01
+    c.lr_boundaries_epochs = (100, 150)
+    c.augment = True
+    c.me.method = "softimpute"
+    c.me.p_start, c.me.p_end = 0.8, 1.0
+    apply_variant(c, arg, {"adv": _adv})
+    return c

@@ -1,0 +1,7 @@
+"""menet-jax: ME-Net (Yang et al., ICML 2019) in JAX/Flax.
+
+Subpackages: `me` (masks and matrix-estimation solvers), `models`, `attacks`; modules
+`input_pipeline`, `train`, `defense`, `checkpoint`, `evaluate`, `bench`, `main`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,139 @@
+"""The defended classifier: ME-Net inference (fresh mask + matrix estimation) then the network.
+
+Owns how an `me` config section becomes an image transform: the solver options each method
+takes, the inference p (Algorithm 1: the mean of the training p's), BPDA (straight-through
+gradients for white-box attacks) and majority vote over several masks (supplement J).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from menet_jax import me
+
+
+def solver_options(me_config: ml_collections.ConfigDict) -> dict:
+    """The keyword options `me.reconstruct` takes for the configured method."""
+    method = me_config.method
+    if method == "usvt":
+        opts = {"rank_fraction": float(me_config.rank_fraction)}
+        if me_config.threshold:
+            opts["threshold"] = me_config.threshold
+        return opts
+    if method == "softimpute":
+        opts = {
+            "max_iters": int(me_config.max_iters),
+            "tol": float(me_config.tol),
+            "accelerated": bool(me_config.accelerated),
+        }
+        if me_config.shrinkage > 0:
+            opts["shrinkage"] = float(me_config.shrinkage)
+        return opts
+    if method == "nucnorm":
+        return {"mu": float(me_config.mu), "max_iters": int(me_config.max_iters)}
+    return {}
+
+
+def training_ps(me_config: ml_collections.ConfigDict) -> np.ndarray:
+    """The n observation probabilities of Algorithm 1 (one per mask); [1.0] without ME."""
+    if me_config.method == "none":
+        return np.ones((1,), np.float32)
+    return me.p_schedule(
+        me_config.p_start, me_config.p_end, me_config.num_masks, include_end=me_config.include_end
+    )
+
+
+def inference_p(me_config: ml_collections.ConfigDict) -> float:
+    """The test-time p: `me.inference_p` if set, else the mean of the training p's."""
+    if me_config.inference_p > 0:
+        return float(me_config.inference_p)
+    return float(np.mean(training_ps(me_config)))
+
+
+def me_transform(me_config: ml_collections.ConfigDict):
+    """Returns `transform(key, images, p) -> reconstructed images` for the configured ME."""
+    options = solver_options(me_config)
+    method, channels = me_config.method, me_config.channels
+
+    def transform(key: jax.Array, images: jax.Array, p) -> jax.Array:
+        if method == "none":
+            return images
+        return me.mask_and_reconstruct(key, images, p, method=method, channels=channels, **options)
+
+    return transform
+
+
+def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
+    """BPDA: the value of `y`, the gradient of the identity in `x`."""
+    return x + jax.lax.stop_gradient(y - x)
+
+
+class DefendedClassifier:
+    """A trained network behind ME-Net's preprocessing.
+
+    Attributes:
+      config: the run's full config.
+      num_classes: number of classes.
+
+    `network(x)` gives the bare network's logits; `defended(x, key)` runs ME-Net inference.
+    Both take x [B,H,W,C] float32 in [0,1], are pure functions of their inputs and can be
+    used under `jax.jit` and `jax.grad`.
+    """
+
+    def __init__(self, model: nnx.Module, config: ml_collections.ConfigDict, num_classes: int):
+        model.eval()
+        self.graphdef, self.state = nnx.split(model)
+        self.config = config
+        self.num_classes = num_classes
+        self._transform = me_transform(config.me)
+        self.inference_p = inference_p(config.me)
+
+    def network(self, x: jax.Array) -> jax.Array:
+        """Logits of the bare network (no preprocessing)."""
+        return nnx.merge(self.graphdef, self.state)(x)
+
+    def preprocess(self, x: jax.Array, key: jax.Array, *, p=None, bpda: bool = False):
+        """One fresh mask at p (default: the inference p) + ME; BPDA makes it straight-through."""
+        p = self.inference_p if p is None else p
+        y = self._transform(key, x, p)
+        return straight_through(x, y) if bpda else y
+
+    def defended(
+        self, x: jax.Array, key: jax.Array, *, bpda: bool = False, votes: int = 0, p=None
+    ) -> jax.Array:
+        """ME-Net inference.
+
+        Args:
+          x: images [B,H,W,C] in [0,1].
+          key: randomness of the masks.
+          bpda: pass gradients straight through ME (white-box BPDA attacks).
+          votes: 0 for logits of one fresh mask; k > 0 for majority vote: the fraction of k
+            masks, drawn at the training p's (supplement J), that vote for each class [B,C].
+          p: override the observation probability of the single-mask path.
+
+        Returns:
+          Logits [B, num_classes], or vote fractions [B, num_classes] when votes > 0.
+        """
+        if votes <= 0:
+            return self.network(self.preprocess(x, key, p=p, bpda=bpda))
+        ps = vote_ps(self.config.me, votes)
+        keys = jax.random.split(key, votes)
+
+        def one_vote(k, pk):
+            logits = self.network(self.preprocess(x, k, p=pk, bpda=bpda))
+            return jax.nn.one_hot(jnp.argmax(logits, -1), self.num_classes)
+
+        return jnp.mean(jax.lax.map(lambda a: one_vote(*a), (keys, ps)), axis=0)
+
+
+def vote_ps(me_config: ml_collections.ConfigDict, votes: int) -> jnp.ndarray:
+    """Observation probabilities of the k voting masks: the training schedule with k masks."""
+    if me_config.method == "none":
+        return jnp.ones((votes,), jnp.float32)
+    return jnp.asarray(
+        me.p_schedule(me_config.p_start, me_config.p_end, votes, include_end=me_config.include_end)
+    )

@@ -1,0 +1,83 @@
+r"""Command line: train and/or evaluate ME-Net.
+
+  python -m menet_jax.main --config=configs/mnist_demo.py --workdir=/tmp/menet_demo
+  python -m menet_jax.main --config=configs/cifar10.py:adv --workdir=DIR --mode=eval
+
+Modes: train, eval (restore WORKDIR's checkpoint, run the attack suite), train_and_eval
+(default). Errors a user can cause end in one line on stderr and a non-zero exit.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to do.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str) -> None:
+    """What `main` does, callable from a notebook cell."""
+    import jax
+
+    from menet_jax import evaluate, train
+
+    if jax.process_count() > 1:
+        print(f"process {jax.process_index()} of {jax.process_count()}", file=sys.stderr)
+    if mode in ("train", "train_and_eval"):
+        summary = train.train_and_evaluate(config, workdir)
+        print(
+            f"clean accuracy {summary['clean_accuracy']:.4f} (network alone "
+            f"{summary['network_accuracy']:.4f}) after {summary['train_time_s']:.0f} s; "
+            f"summary in {workdir}/summary.json"
+        )
+    if mode in ("eval", "train_and_eval"):
+        report = evaluate.evaluate(config, workdir)
+        print(
+            f"worst-case accuracy {report['worst_case']['accuracy']:.4f}; "
+            f"report in {workdir}/results.md"
+        )
+
+
+def main(argv):
+    del argv
+    import os
+
+    from menet_jax.train import TrainingDivergedError
+
+    try:
+        run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    except KeyboardInterrupt:
+        print(
+            "interrupted; run the same command again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+    # ConfigError, CheckpointError and DatasetNotPreparedError are ValueErrors.
+    except (ValueError, FileNotFoundError, TrainingDivergedError) as e:
+        if os.environ.get("MENET_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _maybe_distributed() -> None:
+    # On a multi-host TPU/GPU pod every process must join before any jax call.
+    import os
+
+    if any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "JAX_COORDINATOR")):
+        import jax
+
+        try:
+            jax.distributed.initialize()
+        except (RuntimeError, ValueError) as e:
+            print(f"note: jax.distributed.initialize() skipped ({e})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    _maybe_distributed()
+    app.run(lambda argv: sys.exit(main(argv)))

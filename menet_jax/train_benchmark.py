@@ -1,0 +1,127 @@
+"""`python -m menet_jax.bench train --config=configs/mnist_demo.py`: training throughput.
+
+Prints `name: value` lines: images/s of the real jitted train step without ME (the offline /
+vanilla step) and with online ME (the solver inside the step), the ME share of the online step,
+and, for the MNIST CNN when PyTorch is importable, the same model's SGD step in PyTorch on this
+CPU and the ratio. Inputs are random images of the dataset's shape (throughput does not depend
+on the pixels), so no dataset has to be prepared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from menet_jax import input_pipeline, train
+from menet_jax.validation import load_config
+
+
+def _time_steps(step_fn, state, batch, steps: int) -> tuple[float, object]:
+    state, m = step_fn(state, batch, jnp.asarray(0, jnp.int32))  # compile
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for s in range(1, steps + 1):
+        state, m = step_fn(state, batch, jnp.asarray(s, jnp.int32))
+    jax.block_until_ready(m)
+    return time.perf_counter() - t0, state
+
+
+def jax_images_per_s(config, *, online: bool, steps: int) -> float:
+    info = input_pipeline.get_info(config.dataset)
+    config = config.copy_and_resolve_references()
+    config.adv.enabled = False
+    model = train.create_model(config, info)
+    optimizer = train.create_optimizer(model, config, num_train=50_000)
+    graphdef, state = nnx.split((model, optimizer))
+    mesh = train.make_mesh()
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    step_fn = train.make_train_step(config, graphdef, mesh, online=online)
+    b = config.batch_size
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (b, *info.image_shape), dtype=np.uint8),
+        "label": rng.integers(0, info.num_classes, (b,)).astype(np.int32),
+        "image_idx": np.arange(b, dtype=np.int32),
+        "copy_idx": (np.arange(b) % config.me.num_masks).astype(np.int32),
+    }
+    batch = train.to_global(batch, NamedSharding(mesh, P("data")))
+    seconds, _ = _time_steps(step_fn, state, batch, steps)
+    return b * steps / seconds
+
+
+def torch_images_per_s(config, *, steps: int) -> float | None:
+    """Madry's MNIST CNN trained with SGD in PyTorch on this CPU (the authors' framework)."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+    info = input_pipeline.get_info(config.dataset)
+    h, w, c = info.image_shape
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(c, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * (h // 4) * (w // 4), 1024),
+        nn.ReLU(),
+        nn.Linear(1024, info.num_classes),
+    )
+    opt = torch.optim.SGD(
+        net.parameters(), lr=config.learning_rate, momentum=0.9, weight_decay=config.weight_decay
+    )
+    b = config.batch_size
+    x = torch.rand(b, c, h, w)
+    y = torch.randint(0, info.num_classes, (b,))
+
+    def step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return b * steps / (time.perf_counter() - t0)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m menet_jax.bench train")
+    parser.add_argument("--config", default="configs/mnist_demo.py")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
+    parser.add_argument("--method", default="", help="ME method of the online step")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    if args.batch_size:
+        config.batch_size = args.batch_size
+    if args.method:
+        config.me.method = args.method
+    device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    print(f"device: {device}")
+    print(f"config: {args.config} model={config.model} batch={config.batch_size}")
+    plain = jax_images_per_s(config, online=False, steps=args.steps)
+    print(f"train_images_per_s_no_me: {plain:.1f}")
+    if config.me.method != "none":
+        online = jax_images_per_s(config, online=True, steps=args.steps)
+        print(f"train_images_per_s_online_{config.me.method}: {online:.1f}")
+        print(f"online_me_share_of_step: {1 - online / plain:.3f}")
+        print(f"online_me_step_overhead: {plain / online - 1:.3f}")
+    if config.model == "lenet":
+        ref = torch_images_per_s(config, steps=args.steps)
+        if ref is not None:
+            print(f"torch_train_images_per_s_no_me: {ref:.1f}")
+            print(f"jax_over_torch_ratio: {plain / ref:.2f}")
+    return 0
