@@ -1,0 +1,69 @@
+"""Classifiers ME-Net trains (Flax NNX, NHWC) and the name -> constructor registry.
+
+Every model is called on float32 images [B, H, W, C] in [0, 1] and returns float32 logits
+[B, num_classes]; per-channel normalisation `(x - mean) / std`, when given, is its first
+operation, so it applies after ME-Net's matrix estimation. Models with BatchNorm switch mode with
+`model.train()` / `model.eval()`; their state is only `nnx.Param` and `nnx.BatchStat`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from flax import nnx
+
+from menet_jax.models.densenet import DenseNet, DenseNet121
+from menet_jax.models.lenet import LeNet
+from menet_jax.models.resnet import ResNet, ResNet18
+from menet_jax.models.wide_resnet import WRN28_10, WideResNet
+
+__all__ = [
+    "MODELS",
+    "DenseNet",
+    "DenseNet121",
+    "LeNet",
+    "ResNet",
+    "ResNet18",
+    "WRN28_10",
+    "WideResNet",
+    "create_model",
+]
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    "resnet18": ResNet18,
+    "wrn28_10": WRN28_10,
+    "lenet": LeNet,
+    "densenet121": DenseNet121,
+}
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """Builds a registered model.
+
+    Args:
+      name: one of `MODELS` ("resnet18", "wrn28_10", "lenet", "densenet121").
+      num_classes: number of output logits (>= 2).
+      input_shape: image shape (H, W, C).
+      mean: per-channel mean, normalising inputs inside the model; None for none.
+      std: per-channel standard deviation (> 0); None when `mean` is None.
+      rngs: random streams for parameter initialisation.
+
+    Returns:
+      The model, in training mode (call `.eval()` for inference).
+
+    Raises:
+      ValueError: on an unknown name or bad `num_classes`, `input_shape`, `mean` or `std`.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}.")
+    return MODELS[name](
+        num_classes=num_classes, input_shape=input_shape, mean=mean, std=std, rngs=rngs
+    )
