@@ -1,0 +1,44 @@
+"""Matrix estimation (ME): random masks, p schedules, solvers and image reconstruction.
+
+mask = sample_mask(key, images.shape, p)          # 1 = observed
+rec = reconstruct(images, mask, method="usvt")    # [B, H, W, C] in [0, 1]
+rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True)
+"""
+
+from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask
+from menet_jax.me.photos import PHOTO_NAMES, load_photo, photo_tiles
+from menet_jax.me.reconstruct import (
+    METHODS,
+    images_to_matrices,
+    mask_and_reconstruct,
+    matrices_to_images,
+    reconstruct,
+)
+from menet_jax.me.solvers import (
+    neighbour_fill,
+    nucnorm,
+    nucnorm_objective,
+    observed_fraction,
+    softimpute,
+    usvt,
+)
+
+__all__ = [
+    "CHANNEL_MODES",
+    "METHODS",
+    "PHOTO_NAMES",
+    "images_to_matrices",
+    "load_photo",
+    "mask_and_reconstruct",
+    "matrices_to_images",
+    "neighbour_fill",
+    "nucnorm",
+    "nucnorm_objective",
+    "observed_fraction",
+    "p_schedule",
+    "photo_tiles",
+    "reconstruct",
+    "sample_mask",
+    "softimpute",
+    "usvt",
+]

@@ -1,0 +1,29 @@
+"""Smoke tests of the ME benchmark and the Fig. 9 picture (tiny sizes)."""
+
+import re
+
+from menet_jax.me import benchmark, show
+
+
+def _values(text):
+    return dict(re.findall(r"^(\S+): (\S+)$", text, flags=re.M))
+
+
+def test_benchmark_prints_name_value_lines(capsys):
+    argv = ["--num-images", "6", "--batch", "4", "--baseline-images", "3", "--fancy-images", "1"]
+    assert benchmark.main(argv + ["--cvxpy-images", "0", "--solvers", "usvt,softimpute_acc"]) == 0
+    vals = _values(capsys.readouterr().out)
+    assert float(vals["jax_usvt_img_per_s"]) > 0
+    assert float(vals["jax_softimpute_acc_psnr"]) > float(vals["psnr_zero_fill"])
+    assert float(vals["numpy_usvt_img_per_s"]) > 0
+    assert "jax_usvt_speedup_vs_numpy" in vals
+
+
+def test_show_writes_png(tmp_path, capsys):
+    out = tmp_path / "fig9.png"
+    argv = ["--out", str(out), "--size", "16", "--p", "0.5", "--images", "astronaut,coffee"]
+    assert show.main(argv + ["--methods", "usvt,softimpute"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    vals = _values(capsys.readouterr().out)
+    assert float(vals["psnr_softimpute_p0.5"]) > float(vals["psnr_grey_fill_p0.5"])
+    assert show.main(["--out", str(out), "--p", "1.5"]) == 2
