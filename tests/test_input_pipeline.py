@@ -251,12 +251,15 @@ def test_mnist_5k():
     assert train_y.dtype == test_y.dtype == np.int32
     np.testing.assert_array_equal(np.bincount(train_y), [400] * 10)
     np.testing.assert_array_equal(np.bincount(test_y), [100] * 10)
+    # Classes interleaved (row 10*j + c is the j-th digit of class c), so prefixes are balanced.
+    np.testing.assert_array_equal(train_y[:20], list(range(10)) * 2)
+    np.testing.assert_array_equal(np.bincount(test_y[:50]), [5] * 10)
     for c, j in [(0, 0), (3, 17), (7, 399), (9, 250)]:
-        row = train_y.tolist().index(c) + j
+        row = 10 * j + c
         assert train_y[row] == c
         np.testing.assert_array_equal(train_x[row].ravel(), x[500 * c + j])
     for c, j in [(0, 0), (5, 42), (9, 99)]:
-        row = test_y.tolist().index(c) + j
+        row = 10 * j + c
         assert test_y[row] == c
         np.testing.assert_array_equal(test_x[row].ravel(), x[500 * c + 400 + j])
 
