@@ -46,6 +46,9 @@ def main(argv):
     del argv
     import os
 
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     from menet_jax.train import TrainingDivergedError
 
     try:
