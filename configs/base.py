@@ -16,7 +16,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     )
     c.model = "resnet18"
     c.num_train_examples = -1  # -1: the whole train split; else its first N (tests, quick looks)
-    c.num_epochs = 200  # epochs of S' (n*M examples) for ME-Net, of S (M) for the vanilla model
+    c.num_epochs = 200.0  # epochs of S' (n*M examples) for ME-Net, of S (M) for the vanilla model
     c.batch_size = 256  # global batch, split over every device of every process
     c.learning_rate = 0.1
     c.lr_boundaries_epochs = (100, 150)
@@ -83,6 +83,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.boundary_examples = 100
     c.eval.boundary_steps = 1000
     c.eval.eval_keys = 5  # R fixed evaluation draws of ME-Net's randomness
+    c.eval.cw_examples = -1  # -1: all eval.num_examples; 0 skips a row (every *_examples)
+    c.eval.eot_step_size = -1.0  # -1: 5 * eps / eot_steps (Tramer et al.: 5 * eps / 200)
+    c.eval.spsa_learning_rate = 0.01
+    c.eval.spsa_delta = 0.01
+    c.eval.votes = 10  # majority-vote rows when me.votes = 0
+    c.eval.vote_examples = -1
+    c.eval.eps_multipliers = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # sanity sweep of PGD's eps
+    c.eval.sweep_examples = 200  # sweep and fixed-mask rows
     c.eval.source_workdir = ""  # transfer attacks: an independently trained source model
     c.eval.attacks = "all"  # comma-separated subset, or 'all'
     return c

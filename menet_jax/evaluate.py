@@ -1,46 +1,653 @@
-"""Evaluation of a trained workdir: clean accuracy through ME-Net (attack suite: issue 4)."""
+"""The evaluation suite: every attack of the paper as a row, sanity checks, results.json/.md.
+
+`evaluate(config, workdir)` restores WORKDIR's classifier (model and ME from WORKDIR/config.json;
+the budgets from `config.eval`, plus `config.me.votes` / `config.me.inference_p` overrides) and
+runs the rows of the groups named in `config.eval.attacks` on prefixes of the run's test split.
+
+Rows (threat model, what is attacked, how it is judged):
+  clean                      no attack.
+  fgsm, pgd_S, pgd_long_S,   white-box BPDA (Tables 11/13/16/19/22): gradients pass straight
+  cw_kK, bpda_eot            through ME; bpda_eot is Tramer et al.'s adaptive attack (fresh masks
+                             averaged per step, best iterate kept).
+  network_only               Table 12: PGD on the bare network at one fixed reconstruction ME(x),
+                             judged through a fresh ME.
+  graybox                    Tables 10/15/18/21: PGD on the bare network at x, judged through ME.
+  transfer_*                 Tables 9/14/17/20: FGSM/PGD/CW on eval.source_workdir's model (through
+                             its own ME with BPDA), applied to this model.
+  spsa, boundary             score- and decision-based attacks on the randomised model; boundary
+                             counts a success only within eps.
+  vote_clean, vote_pgd_S     majority vote over k masks (supplement J), on clean and main-PGD
+                             images.
+  sweep_eps_xM, no_me_pgd,   sanity rows (excluded from the worst case): PGD at M * eps; the same
+  fixed_mask_pgd             PGD on and judged by the bare network; PGD and judging with one mask.
+
+Judging: R = eval.eval_keys fixed draws shared by every row; draw r masks example i with
+fold_in(fold_in(key(seed), STREAM_JUDGE), r) folded with i; an example is correct when correct on a
+strict majority of the draws. Attacks draw from fold_in(key(seed), STREAM_ATTACK) folded with the
+crc32 of the row's name, then the batch index; no attack sees a judging key.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import math
 import os
+import sys
+import time
+import zlib
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.tree_util import Partial
 
-from menet_jax import checkpoint, input_pipeline, train
+from menet_jax import attacks, checkpoint, input_pipeline, sanity
+from menet_jax import reporting as mlog
+
+STREAM_ATTACK = 2**31 - 5
+STREAM_JUDGE = 2**31 - 6
+STREAM_SANITY = 2**31 - 7
+GROUPS = (
+    "clean",
+    "fgsm",
+    "pgd",
+    "cw",
+    "eot",
+    "network_only",
+    "graybox",
+    "transfer",
+    "spsa",
+    "boundary",
+    "vote",
+    "sanity",
+)
+ME_ONLY = ("eot", "network_only", "graybox", "vote")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def parse_attacks(spec: str) -> set[str]:
+    """The row groups named by eval.attacks ('all' or a comma-separated subset)."""
+    names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if names == ["all"]:
+        return set(GROUPS)
+    unknown = [s for s in names if s not in GROUPS]
+    if unknown or not names:
+        raise ValueError(
+            f"config.eval.attacks={spec!r} names unknown groups {unknown}; allowed: 'all' or a "
+            f"comma-separated subset of {', '.join(GROUPS)}"
+        )
+    return set(names) | {"clean"}
+
+
+def _err(key: str, value, allowed: str) -> ValueError:
+    return ValueError(f"config.eval.{key}={value!r} is not allowed; it must be {allowed}")
+
+
+def validate_eval(ev: ml_collections.ConfigDict) -> None:
+    """Raises ValueError on the first eval setting that is not allowed."""
+
+    def is_int(v):
+        return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+    if not (is_int(ev.num_examples) and (ev.num_examples > 0 or ev.num_examples == -1)):
+        raise _err("num_examples", ev.num_examples, "a positive integer or -1 (all)")
+    for key in (
+        "long_pgd_examples",
+        "eot_examples",
+        "spsa_examples",
+        "boundary_examples",
+        "sweep_examples",
+        "cw_examples",
+        "vote_examples",
+    ):
+        v = ev[key]
+        if not (is_int(v) and v >= -1):
+            raise _err(key, v, "a non-negative integer (0 skips the row) or -1 (all)")
+    for key in (
+        "restarts",
+        "eot_samples",
+        "eot_steps",
+        "spsa_steps",
+        "boundary_steps",
+        "eval_keys",
+        "votes",
+        "long_pgd_steps",
+    ):
+        if not (is_int(ev[key]) and ev[key] >= 1):
+            raise _err(key, ev[key], "a positive integer")
+    if not (ev.eps >= 0 and math.isfinite(ev.eps)):
+        raise _err("eps", ev.eps, "a finite number >= 0")
+    if not ev.step_size > 0:
+        raise _err("step_size", ev.step_size, "positive")
+    if not (ev.eot_step_size == -1 or ev.eot_step_size > 0):
+        raise _err("eot_step_size", ev.eot_step_size, "positive or -1 (5 * eps / eot_steps)")
+    steps = tuple(ev.pgd_steps)
+    if not steps or not all(is_int(s) and s >= 1 for s in steps):
+        raise _err("pgd_steps", steps, "a non-empty tuple of positive integers")
+    if not all(k >= 0 for k in ev.cw_kappas):
+        raise _err("cw_kappas", tuple(ev.cw_kappas), "a tuple of numbers >= 0")
+    mults = tuple(ev.eps_multipliers)
+    if not all(m >= 0 for m in mults) or list(mults) != sorted(set(mults)):
+        raise _err("eps_multipliers", mults, "strictly increasing numbers >= 0")
+    if not (is_int(ev.spsa_samples) and ev.spsa_samples >= 2 and ev.spsa_samples % 2 == 0):
+        raise _err("spsa_samples", ev.spsa_samples, "an even integer >= 2")
+    for key in ("spsa_learning_rate", "spsa_delta"):
+        if not ev[key] > 0:
+            raise _err(key, ev[key], "positive")
+
+
+def _size(value: int, total: int) -> int:
+    return total if value == -1 else min(int(value), total)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as jit-friendly functions (arrays travel as traced arguments, functions by identity)
+
+
+class _Model:
+    """Pure functions of one classifier, created once so jit caches stay warm across batches."""
+
+    def __init__(self, clf, *, votes: int, top5: bool):
+        self.clf, self.state, self.votes = clf, clf.state, votes
+        self.uses_me = clf.config.me.method != "none"
+
+        def with_state(state):
+            c = copy.copy(clf)
+            c.state = state
+            return c
+
+        def bpda(state, x, key):
+            return with_state(state).defended(x, key, bpda=True)
+
+        def network(state, x, key):
+            del key
+            return with_state(state).network(x)
+
+        def at_rec(state, rec, x0, z, key):  # network-only: ME(x) fixed, delta on top
+            del key
+            return with_state(state).network(rec + (z - x0))
+
+        def fixed(state, mask_key, z, key):
+            del key
+            return bpda(state, z, mask_key)
+
+        self.bpda = Partial(bpda, self.state)
+        self.network = Partial(network, self.state)
+        self._at_rec, self._fixed = at_rec, fixed
+        self.preprocess = jax.jit(lambda state, x, k: with_state(state).preprocess(x, k))
+
+        def score(logits, y):
+            out = {"correct": jnp.argmax(logits, -1) == y[None]}
+            if top5:
+                out["top5"] = jnp.any(jax.lax.top_k(logits, 5)[1] == y[None, :, None], -1)
+            out["pred_varies"] = jnp.any(jnp.argmax(logits, -1) != jnp.argmax(logits[0], -1), 0)
+            out["logits_vary"] = jnp.any(logits != logits[:1], axis=(0, 2))
+            return out
+
+        def per_example(fn):
+            def draws(state, x, y, idx, keys):
+                def one(k):
+                    ks = jax.vmap(lambda i: jax.random.fold_in(k, i))(idx)
+                    return jax.vmap(lambda xi, ki: fn(state, xi[None], ki)[0])(x, ks)
+
+                return score(jax.lax.map(one, keys), y)
+
+            return jax.jit(draws)
+
+        self.judges = {
+            "defended": per_example(bpda),
+            "vote": per_example(lambda s, x, k: with_state(s).defended(x, k, votes=votes)),
+            "network": jax.jit(lambda s, x, y, idx, keys: score(network(s, x, None)[None], y)),
+            "fixed": jax.jit(lambda s, x, y, k: score(bpda(s, x, k)[None], y)),
+        }
+
+        def grad_is_zero(state, x, y, key):
+            def loss(z):
+                return jnp.sum(attacks.cross_entropy(bpda(state, z, key), y))
+
+            g = jax.grad(loss)(x)
+            return jnp.all(g.reshape(g.shape[0], -1) == 0, axis=-1)
+
+        self.grad_is_zero = jax.jit(grad_is_zero)
+
+    def at_rec(self, rec, x):
+        return Partial(self._at_rec, self.state, rec, x)
+
+    def fixed(self, mask_key):
+        return Partial(self._fixed, self.state, mask_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    group: str
+    threat: str
+    n: int
+    params: dict
+    make: Callable | None = None  # (x, y, key) -> x_adv for one padded batch
+    reuse: str | None = None  # take x_adv from this earlier row
+    judge: str = "defended"
+    worst: bool = True  # part of the worst case (main eps, standard inference)
+    bounded_eps: float | None = None  # boundary: success only within this L-inf distance
+
+
+def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
+    """The rows to run, in order, and the rows skipped with their reasons."""
+    eps, step, main = float(ev.eps), float(ev.step_size), max(ev.pgd_steps)
+    main_pgd = f"pgd_{main}"
+    rows, skipped = [], {}
+    bpda = "white-box BPDA" if model.uses_me else "white-box"
+
+    def add(row):
+        if row.n <= 0:
+            skipped[row.name] = "its eval.*_examples is 0"
+        else:
+            rows.append(row)
+
+    def pgd_row(name, group, threat, n, fn, *, steps=main, e=eps, size=step, **kw):
+        """A PGD row; `fn` is a logits_fn or (x, key) -> logits_fn built per batch."""
+        opts = {"eps": e, "steps": steps, "step_size": size, "restarts": ev.restarts, **kw}
+        build = fn if isinstance(fn, _PerBatch) else (lambda x, k: fn)
+        judge_kw = {k: kw.pop(k) for k in ("judge", "worst") if k in kw}
+        opts = {k: v for k, v in opts.items() if k not in ("judge", "worst")}
+
+        def make(x, y, k):
+            return attacks.pgd(build(x, k), x, y, k, **opts)
+
+        params = {k: v for k, v in opts.items() if k != "keep_best" or v}
+        add(Row(name, group, threat, n, params, make=make, **judge_kw))
+
+    rows.append(Row("clean", "clean", "none", n_all, {}, make=lambda x, y, k: x))
+    if "fgsm" in groups:
+        fgsm = lambda x, y, k: attacks.fgsm(model.bpda, x, y, k, eps=eps)  # noqa: E731
+        add(Row("fgsm", "fgsm", bpda, n_all, {"eps": eps}, make=fgsm))
+    if "pgd" in groups:
+        for s in ev.pgd_steps:
+            pgd_row(f"pgd_{s}", "pgd", bpda, n_all, model.bpda, steps=s)
+        n_long = _size(ev.long_pgd_examples, n_all)
+        s = ev.long_pgd_steps
+        pgd_row(f"pgd_long_{s}", "pgd", bpda, n_long, model.bpda, steps=s)
+    if "cw" in groups:
+        for kappa in ev.cw_kappas:
+            n_cw = _size(ev.cw_examples, n_all)
+            pgd_row(f"cw_k{kappa:g}", "cw", bpda, n_cw, model.bpda, loss="cw", kappa=float(kappa))
+    if not model.uses_me:
+        for g in sorted(groups & set(ME_ONLY)):
+            skipped[g] = "ME-only row; the model has no ME (me.method=none)"
+        groups = groups - set(ME_ONLY)
+    if "eot" in groups:
+        s = ev.eot_steps
+        size = 5 * eps / s if ev.eot_step_size == -1 else float(ev.eot_step_size)
+        n_eot = _size(ev.eot_examples, n_all)
+        threat = "white-box BPDA+EOT"
+        kw = {"steps": s, "size": size, "eot_samples": ev.eot_samples, "keep_best": True}
+        pgd_row("bpda_eot", "eot", threat, n_eot, model.bpda, **kw)
+    if "network_only" in groups:
+
+        def at_rec(x, k):
+            return model.at_rec(model.preprocess(model.state, x, jax.random.fold_in(k, 2**20)), x)
+
+        threat = "network-only (fixed ME(x))"
+        pgd_row("network_only", "network_only", threat, n_all, _PerBatch(at_rec))
+    if "graybox" in groups:
+        pgd_row("graybox", "graybox", "gray-box (bare network)", n_all, model.network)
+    if "transfer" in groups and source is None:
+        skipped["transfer"] = "no eval.source_workdir given"
+    elif "transfer" in groups:
+        via = "through its ME with BPDA" if source.uses_me else "vanilla"
+        threat = f"transfer ({via})"
+        fgsm = lambda x, y, k: attacks.fgsm(source.bpda, x, y, k, eps=eps)  # noqa: E731
+        add(Row("transfer_fgsm", "transfer", threat, n_all, {"eps": eps}, make=fgsm))
+        pgd_row(f"transfer_pgd_{main}", "transfer", threat, n_all, source.bpda)
+        for kappa in list(ev.cw_kappas)[:1]:
+            kw = {"loss": "cw", "kappa": float(kappa)}
+            pgd_row(f"transfer_cw_k{kappa:g}", "transfer", threat, n_all, source.bpda, **kw)
+    if "spsa" in groups:
+        samples = int(ev.spsa_samples)
+        spsa_kw = {
+            "eps": eps,
+            "steps": ev.spsa_steps,
+            "samples": samples,
+            "learning_rate": float(ev.spsa_learning_rate),
+            "delta": float(ev.spsa_delta),
+        }
+
+        def spsa(x, y, k):
+            return attacks.spsa(
+                model.bpda, x, y, k, **spsa_kw, batch_samples=math.gcd(samples, 128)
+            )
+
+        add(Row("spsa", "spsa", "score-based", _size(ev.spsa_examples, n_all), spsa_kw, make=spsa))
+    if "boundary" in groups:
+
+        def boundary(x, y, k):
+            return attacks.boundary(model.bpda, x, y, k, steps=ev.boundary_steps)
+
+        params = {"eps": eps, "steps": ev.boundary_steps}
+        n_b = _size(ev.boundary_examples, n_all)
+        add(
+            Row(
+                "boundary",
+                "boundary",
+                "decision-based",
+                n_b,
+                params,
+                make=boundary,
+                bounded_eps=eps,
+            )
+        )
+    names = {r.name for r in rows}
+    if "vote" in groups:
+        n_vote, p = _size(ev.vote_examples, n_all), {"votes": model.votes}
+        clean_p = {"eps": 0.0, **p}
+        kw = {"judge": "vote", "worst": False}
+        add(
+            Row(
+                "vote_clean", "vote", "majority vote", n_vote, clean_p, make=lambda x, y, k: x, **kw
+            )
+        )
+        if main_pgd in names:
+            params = {"eps": eps, "steps": main, "step_size": step, "restarts": ev.restarts, **p}
+            threat = "majority vote (main PGD images)"
+            add(Row(f"vote_{main_pgd}", "vote", threat, n_vote, params, reuse=main_pgd, **kw))
+    if "sanity" in groups:
+        n_sweep = _size(ev.sweep_examples, n_all)
+        for m in map(float, ev.eps_multipliers):
+            name = f"sweep_eps_x{m:g}"
+            if m == 1 and main_pgd in names:
+                params = {"eps": eps, "steps": main, "step_size": step, "restarts": ev.restarts}
+                add(Row(name, "sanity", bpda, n_sweep, params, reuse=main_pgd, worst=False))
+            else:
+                pgd_row(name, "sanity", bpda, n_sweep, model.bpda, e=eps * m, size=step * m,
+                        worst=False)  # fmt: skip
+        if not model.uses_me:
+            skipped["no_me_pgd"] = skipped["fixed_mask_pgd"] = "the model has no ME"
+        elif "graybox" in names:
+            params = {"eps": eps, "steps": main, "step_size": step, "restarts": ev.restarts}
+            threat = "no ME (bare network)"
+            add(Row("no_me_pgd", "sanity", threat, n_all, params, reuse="graybox", judge="network",
+                    worst=False))  # fmt: skip
+        else:
+            pgd_row("no_me_pgd", "sanity", "no ME (bare network)", n_sweep, model.network,
+                    judge="network", worst=False)  # fmt: skip
+        if model.uses_me:
+            fixed = _PerBatch(lambda x, k: model.fixed(jax.random.fold_in(k, 2**20)))
+            pgd_row("fixed_mask_pgd", "sanity", "one fixed mask", n_sweep, fixed, judge="fixed",
+                    worst=False)  # fmt: skip
+    return rows, skipped, main_pgd
+
+
+class _PerBatch:
+    """Marks a `(x, key) -> logits_fn` builder (a logits_fn that depends on the batch)."""
+
+    def __init__(self, build):
+        self.build = build
+
+    def __call__(self, x, key):
+        return self.build(x, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    if len(a) == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
+
+
+def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) -> dict:
+    x_all, y_all, judge_keys = data
+    n, bs = row.n, min(batch_size, row.n)
+    row_key = jax.random.fold_in(keys["attack"], zlib.crc32(row.name.encode()) & 0x7FFFFFFF)
+    draws = len(judge_keys)
+    out = {
+        "correct": np.zeros((draws, n), bool),
+        "top5": np.zeros((draws, n), bool),
+        "pred_varies": np.zeros(n, bool),
+        "logits_vary": np.zeros(n, bool),
+    }
+    advs, dist = [], np.zeros(n, np.float32)
+    for b, start in enumerate(range(0, n, bs)):
+        m = min(bs, n - start)
+        x = jnp.asarray(_pad(x_all[start : start + m], bs))
+        y = jnp.asarray(_pad(y_all[start : start + m], bs))
+        idx = jnp.asarray(_pad(np.arange(start, start + m, dtype=np.int32), bs))
+        key = jax.random.fold_in(row_key, b)
+        if row.reuse is not None:
+            x_adv = jnp.asarray(_pad(cache[row.reuse][start : start + m], bs))
+        else:
+            x_adv = row.make(x, y, key)
+        if row.judge == "fixed":
+            res = model.judges["fixed"](model.state, x_adv, y, jax.random.fold_in(key, 2**20))
+        else:
+            res = model.judges[row.judge](model.state, x_adv, y, idx, judge_keys)
+        res = jax.device_get(res)
+        for k, v in res.items():
+            v = np.asarray(v)
+            if v.ndim == 2:
+                v = np.broadcast_to(v, (draws, v.shape[1]))
+                out[k][:, start : start + m] = v[:, :m]
+            else:
+                out[k][start : start + m] = v[:m]
+        if row.bounded_eps is not None:
+            dist[start : start + m] = np.asarray(attacks.linf_distance(x, x_adv))[:m]
+        if row.name in cache:
+            advs.append(np.asarray(x_adv)[:m])
+    if row.name in cache:
+        cache[row.name] = np.concatenate(advs)
+    out["majority"] = sanity.majority(out["correct"])
+    out["top5_majority"] = sanity.majority(out["top5"])
+    if row.bounded_eps is not None:
+        found = ~out["majority"]  # misclassified, at any distance
+        within = dist <= row.bounded_eps + 1e-6
+        out["majority"] = out["majority"] | ~within
+        out["extra"] = {
+            "unbounded_success_rate": round(float(found.mean()), 4),
+            "median_linf_distance": float(np.median(dist[found])) if found.any() else None,
+        }
+    return out
+
+
+def _zero_gradient(model: _Model, data, keys, batch_size: int) -> float:
+    x_all, y_all, _ = data
+    n, bs = len(y_all), min(batch_size, len(y_all))
+    zero = np.zeros(n, bool)
+    for b, start in enumerate(range(0, n, bs)):
+        m = min(bs, n - start)
+        x = jnp.asarray(_pad(x_all[start : start + m], bs))
+        y = jnp.asarray(_pad(y_all[start : start + m], bs))
+        k = jax.random.fold_in(keys["sanity"], b)
+        zero[start : start + m] = np.asarray(model.grad_is_zero(model.state, x, y, k))[:m]
+    return float(zero.mean())
+
+
+def _load_source(source_workdir: str, run_config, *, votes: int, top5: bool) -> _Model:
+    if not os.path.isdir(source_workdir):
+        raise ValueError(f"config.eval.source_workdir={source_workdir!r} is not a directory")
+    src = checkpoint.load(source_workdir)
+    if src.config.dataset != run_config.dataset:
+        raise ValueError(
+            f"config.eval.source_workdir={source_workdir!r} holds a {src.config.dataset!r} model; "
+            f"the evaluated model is trained on {run_config.dataset!r}"
+        )
+    return _Model(src, votes=votes, top5=top5)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Restores WORKDIR's checkpoint and writes WORKDIR/results.json and results.md."""
-    classifier = checkpoint.load(workdir)
-    run_config = classifier.config
-    images, labels = input_pipeline.load_split(
-        run_config.dataset, "test", data_dir=run_config.data_dir or None
-    )
-    n = len(labels) if config.eval.num_examples < 0 else min(config.eval.num_examples, len(labels))
-    key = jax.random.fold_in(jax.random.key(run_config.seed), train.STREAM_EVAL + 1)
-    clean = train.evaluate_clean(
-        classifier,
-        images[:n],
-        labels[:n],
-        batch_size=config.eval_batch_size,
-        key=key,
-        config=config,
-    )
-    report = {
-        "clean": {
-            "accuracy": clean["clean_accuracy"],
-            "network_accuracy": clean["network_accuracy"],
-        },
-        "attacks": {},
-        "worst_case": {"accuracy": clean["clean_accuracy"]},
-        "checks": {},
-        "budgets": {"num_examples": n},
-        "step": classifier.step,
+    """Runs the attack suite on WORKDIR's checkpoint; writes WORKDIR/results.json and results.md.
+
+    Args:
+      config: the evaluation config; `config.eval` gives the rows and budgets, `config.me.votes`
+        (> 0) and `config.me.inference_p` (> 0) override the run's inference options.
+      workdir: a trained run's workdir.
+
+    Returns:
+      The report written to results.json.
+    """
+    t_start = time.time()
+    ev = config.eval
+    groups = parse_attacks(ev.attacks)
+    validate_eval(ev)
+    if not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} does not exist; train a model there first")
+    clf = checkpoint.load(workdir)
+    run = clf.config
+    if config.me.inference_p > 0:
+        clf.inference_p = float(config.me.inference_p)
+    votes = int(config.me.votes) if config.me.votes > 0 else int(ev.votes)
+    top5 = clf.num_classes > 10
+    model = _Model(clf, votes=votes, top5=top5)
+    source = None
+    if "transfer" in groups and ev.source_workdir:
+        source = _load_source(ev.source_workdir, run, votes=votes, top5=top5)
+
+    images, labels = input_pipeline.load_split(run.dataset, "test", data_dir=run.data_dir or None)
+    n_all = _size(ev.num_examples, len(labels))
+    x_all = images[:n_all].astype(np.float32) / 255.0
+    y_all = labels[:n_all].astype(np.int32)
+    root = jax.random.key(run.seed)
+    keys = {
+        "attack": jax.random.fold_in(root, STREAM_ATTACK),
+        "sanity": jax.random.fold_in(root, STREAM_SANITY),
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(f"| clean | {report['clean']['accuracy']:.2%} |\n")
+    judge_root = jax.random.fold_in(root, STREAM_JUDGE)
+    judge_keys = jax.vmap(lambda r: jax.random.fold_in(judge_root, r))(
+        jnp.arange(int(ev.eval_keys), dtype=jnp.uint32)
+    )
+    data = (x_all, y_all, judge_keys)
+
+    rows, skipped, main_pgd = _plan(ev, groups, model, source, n_all)
+    cache = {r.reuse: None for r in rows if r.reuse}
+    results, seconds = {}, {}
+    bar = mlog.progress(total=len(rows), desc="attacks", unit="row", config=config)
+    for row in rows:
+        t0 = time.time()
+        results[row.name] = _run_row(row, model, data, keys, cache, config.eval_batch_size)
+        seconds[row.name] = round(time.time() - t0, 2)
+        acc = float(results[row.name]["majority"].mean())
+        bar.update(1)
+        line = f"{row.name}: accuracy {acc:.4f} on {row.n} examples ({seconds[row.name]:.1f} s)"
+        bar.write(line, file=sys.stderr)
+    bar.close()
+    zero_grad = None
+    if "sanity" in groups:
+        t0 = time.time()
+        zero_grad = _zero_gradient(model, data, keys, config.eval_batch_size)
+        seconds["zero_gradient"] = round(time.time() - t0, 2)
+
+    report = _build_report(
+        rows,
+        results,
+        seconds,
+        skipped,
+        main_pgd=main_pgd,
+        model=model,
+        ev=ev,
+        zero_grad=zero_grad,
+        n_all=n_all,
+        top5=top5,
+    )
+    report.update(
+        workdir=os.path.abspath(workdir),
+        step=int(clf.step),
+        dataset=run.dataset,
+        model=run.model,
+        me={"method": run.me.method, "inference_p": clf.inference_p, "votes": votes},
+        source_workdir=ev.source_workdir or None,
+        eval_keys=int(ev.eval_keys),
+    )
+    report["budgets"]["total_seconds"] = round(time.time() - t_start, 2)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        sanity.write_markdown(report, os.path.join(workdir, "results.md"))
+    print(f"evaluation done in {report['budgets']['total_seconds']:.0f} s", file=sys.stderr)
     return report
+
+
+def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_all, top5):
+    majority = {name: r["majority"] for name, r in results.items()}
+    attacks_out = {}
+    for row in rows:
+        if row.name == "clean":
+            continue
+        r = results[row.name]
+        k = int(r["majority"].sum())
+        entry = {
+            "accuracy": round(k / row.n, 4),
+            "ci95": [round(v, 4) for v in sanity.wilson(k, row.n)],
+            "params": {**row.params, "examples": row.n, "eval_keys": int(ev.eval_keys)},
+            "threat": row.threat,
+            "group": row.group,
+            "in_worst_case": row.worst,
+            **r.get("extra", {}),
+        }
+        if top5:
+            entry["top5"] = round(float(r["top5_majority"].mean()), 4)
+        attacks_out[row.name] = entry
+    clean = results["clean"]
+    k = int(clean["majority"].sum())
+    clean_out = {
+        "accuracy": round(k / n_all, 4),
+        "ci95": [round(v, 4) for v in sanity.wilson(k, n_all)],
+        "examples": n_all,
+    }
+    if top5:
+        clean_out["top5"] = round(float(clean["top5_majority"].mean()), 4)
+    randomness = {
+        "pred_varies": round(float(clean["pred_varies"].mean()), 4),
+        "logits_vary": round(float(clean["logits_vary"].mean()), 4),
+    }
+    sweep = [(float(m), f"sweep_eps_x{float(m):g}") for m in ev.eps_multipliers]
+    sweep = [(m, name) for m, name in sweep if name in majority]
+    blackbox = ["graybox", "network_only", "spsa", "boundary"] + [
+        name for name in majority if name.startswith("transfer_")
+    ]
+    checks, skipped_checks = sanity.compute_checks(
+        majority,
+        main_pgd=main_pgd,
+        sweep=sweep,
+        num_classes=model.clf.num_classes,
+        blackbox=blackbox,
+        zero_gradient=zero_grad,
+        randomness=randomness,
+        uses_me=model.uses_me,
+    )
+    worst = sanity.worst_case({r.name: majority[r.name] for r in rows if r.worst}, n_all)
+    worst.pop("correct")
+    budgets = {
+        "examples": n_all,
+        "eval_keys": int(ev.eval_keys),
+        "rows": {
+            row.name: {
+                "examples": row.n,
+                "steps": row.params.get("steps", 0),
+                "samples": row.params.get("eot_samples", row.params.get("samples", 1)),
+                "seconds": seconds[row.name],
+            }
+            for row in rows
+        },
+    }
+    if "zero_gradient" in seconds:
+        budgets["zero_gradient"] = {"examples": n_all, "seconds": seconds["zero_gradient"]}
+    return {
+        "clean": clean_out,
+        "attacks": attacks_out,
+        "worst_case": worst,
+        "checks": checks,
+        "budgets": budgets,
+        "skipped": {"rows": skipped, "checks": skipped_checks},
+    }

@@ -1,0 +1,373 @@
+"""Statistics and sanity checks of the evaluation report (SPEC section 6).
+
+A randomised model is judged on R fixed evaluation draws; an example counts as correct when it is
+correct on a strict majority of them (`majority`). Comparisons between two attack rows are paired
+per example on the examples both rows ran on (rows always run on prefixes of the same test
+examples), with a two-sided normal bound on the mean paired difference (a McNemar-style test), so
+that mask noise alone does not raise a WARN. One-sample bounds use the Wilson score interval.
+
+Every check is `{"status": "PASS" | "WARN", "value": ..., "detail": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+Z = 1.96  # two-sided ~95%
+ZERO_GRADIENT_LIMIT = 0.05  # largest fraction of examples with an exactly-zero BPDA gradient
+
+
+def majority(correct: np.ndarray) -> np.ndarray:
+    """Per example, correct on a strict majority of the R draws.
+
+    Args:
+      correct: bool [R, N], correct[r, i] for draw r and example i.
+
+    Returns:
+      bool [N]; with R even a tie counts as not correct.
+    """
+    correct = np.asarray(correct, bool)
+    if correct.ndim != 2:
+        raise ValueError(f"correct must be [R, N], got shape {correct.shape}.")
+    return 2 * correct.sum(axis=0) > correct.shape[0]
+
+
+def wilson(k: int, n: int, *, z: float = Z) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k / n; (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    phat = k / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> tuple[float, float]:
+    """Mean of a_i - b_i over paired bool outcomes and the half-width of its ~95% bound.
+
+    The variance is that of the paired differences (McNemar: only discordant pairs count).
+    """
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"a and b must be non-empty 1-D of one shape, got {a.shape}, {b.shape}.")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    n = d.size
+    return float(d.mean()), float(z * math.sqrt(d.var() / n))
+
+
+def not_greater(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> bool:
+    """True unless accuracy `a` is significantly greater than accuracy `b` (paired)."""
+    diff, half = paired_difference(a, b, z=z)
+    return diff <= half
+
+
+def same_rate(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> bool:
+    """True unless the paired accuracies differ significantly (two-sided)."""
+    diff, half = paired_difference(a, b, z=z)
+    return abs(diff) <= half
+
+
+def _check(ok: bool, value, detail: str) -> dict:
+    return {"status": "PASS" if ok else "WARN", "value": value, "detail": detail}
+
+
+def _acc(v: np.ndarray) -> float:
+    return round(float(np.mean(v)), 4)
+
+
+def _at_or_below_chance(v: np.ndarray, chance: float) -> bool:
+    lo, _ = wilson(int(np.sum(v)), v.size)
+    return lo <= chance
+
+
+def compute_checks(
+    rows: dict[str, np.ndarray],
+    *,
+    main_pgd: str,
+    sweep: list[tuple[float, str]],
+    num_classes: int,
+    blackbox: list[str],
+    zero_gradient: float | None,
+    randomness: dict | None,
+    uses_me: bool,
+) -> tuple[dict, dict]:
+    """The sanity checks that the rows present allow.
+
+    Args:
+      rows: per row name, bool [n_row] majority-correct on the first n_row examples ("clean"
+        included).
+      main_pgd: name of the main white-box PGD row.
+      sweep: (eps multiplier, row name) in increasing multiplier order.
+      num_classes: for the chance level 1 / num_classes.
+      blackbox: names of black-box / gray-box / transfer rows to compare with `main_pgd`.
+      zero_gradient: fraction of examples whose BPDA gradient is exactly zero, or None.
+      randomness: {"pred_varies": fraction, "logits_vary": fraction} over the R clean draws.
+      uses_me: the model is an ME-Net (randomised), not the vanilla network.
+
+    Returns:
+      (checks, skipped): checks by name; skipped maps a check's name to why it was not run.
+    """
+    checks, skipped = {}, {}
+    chance = 1.0 / num_classes
+
+    def pair(a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+        n = min(rows[a].size, rows[b].size)
+        return rows[a][:n], rows[b][:n]
+
+    def need(name: str, *names: str) -> bool:
+        missing = [m for m in names if m not in rows]
+        if missing:
+            skipped[name] = f"rows not run: {', '.join(missing)}"
+        return not missing
+
+    sweep_names = [name for _, name in sweep]
+    zero = [name for mult, name in sweep if mult == 0]
+    if zero and need("eps0_unchanged", "clean", zero[0]):
+        a, b = pair(zero[0], "clean")
+        checks["eps0_unchanged"] = _check(
+            same_rate(a, b),
+            _acc(a) - _acc(b),
+            f"eps=0 accuracy {_acc(a):.4f} vs clean {_acc(b):.4f} on {a.size} examples",
+        )
+    elif not zero:
+        skipped["eps0_unchanged"] = "no eps multiplier 0 in eval.eps_multipliers"
+    if len(sweep) >= 2 and need("monotone_in_eps", *sweep_names):
+        bad, accs = [], []
+        for (m0, r0), (m1, r1) in zip(sweep[:-1], sweep[1:], strict=True):
+            hi, lo = pair(r1, r0)
+            if not not_greater(hi, lo):
+                bad.append(f"x{m1:g} > x{m0:g}")
+        for mult, name in sweep:
+            accs.append([mult, _acc(rows[name])])
+        checks["monotone_in_eps"] = _check(
+            not bad,
+            accs,
+            "accuracy by eps multiplier never rises significantly"
+            + (f"; rises: {', '.join(bad)}" if bad else ""),
+        )
+    if sweep and need("large_eps_near_chance", sweep_names[-1]):
+        v = rows[sweep_names[-1]]
+        lo, hi = wilson(int(v.sum()), v.size)
+        checks["large_eps_near_chance"] = _check(
+            lo <= chance,
+            _acc(v),
+            f"accuracy at eps x{sweep[-1][0]:g} is {_acc(v):.4f} (95% CI {lo:.3f}-{hi:.3f}), "
+            f"chance {chance:.3f}",
+        )
+    if need("pgd_at_least_fgsm", main_pgd, "fgsm"):
+        a, b = pair(main_pgd, "fgsm")
+        checks["pgd_at_least_fgsm"] = _check(
+            not_greater(a, b),
+            _acc(a) - _acc(b),
+            f"{main_pgd} {_acc(a):.4f} vs fgsm {_acc(b):.4f} on {a.size} examples",
+        )
+    present = [name for name in blackbox if name in rows]
+    if not present:
+        skipped["blackbox_weaker_than_whitebox"] = "no black-box, transfer or gray-box rows"
+    elif need("blackbox_weaker_than_whitebox", main_pgd):
+        parts, bad, value = [], [], {}
+        for name in present:
+            wb, bb = pair(main_pgd, name)
+            value[name] = round(_acc(bb) - _acc(wb), 4)
+            parts.append(f"{name} {_acc(bb):.4f} vs {_acc(wb):.4f} (n={bb.size})")
+            if not not_greater(wb, bb):
+                bad.append(name)
+        checks["blackbox_weaker_than_whitebox"] = _check(
+            not bad,
+            value,
+            f"accuracy minus {main_pgd}'s: "
+            + "; ".join(parts)
+            + (f"; stronger than white-box: {', '.join(bad)}" if bad else ""),
+        )
+    for check, row, what in (
+        ("no_me_attack_succeeds", "no_me_pgd", "the same PGD on the bare network, judged bare"),
+        ("fixed_mask_attack_succeeds", "fixed_mask_pgd", "PGD and judging with one fixed mask"),
+    ):
+        if not uses_me:
+            skipped[check] = "not an ME-Net (me.method=none)"
+        elif need(check, row, main_pgd):
+            a, b = pair(row, main_pgd)
+            ok = _at_or_below_chance(a, chance) or not_greater(a, b)
+            checks[check] = _check(
+                ok,
+                _acc(a),
+                f"{what}: {_acc(a):.4f} on {a.size} examples (through ME {_acc(b):.4f}, "
+                f"chance {chance:.3f}); PASS when at most chance or at most the ME-Net figure",
+            )
+    if not uses_me:
+        skipped["eot_at_least_bpda"] = "not an ME-Net (me.method=none)"
+    elif need("eot_at_least_bpda", "bpda_eot", main_pgd):
+        a, b = pair("bpda_eot", main_pgd)
+        checks["eot_at_least_bpda"] = _check(
+            not_greater(a, b),
+            _acc(a) - _acc(b),
+            f"BPDA+EOT {_acc(a):.4f} vs {main_pgd} {_acc(b):.4f} on {a.size} examples",
+        )
+    long = [name for name in rows if name.startswith("pgd_long_")]
+    if long and need("more_steps_not_weaker", main_pgd):
+        a, b = pair(long[0], main_pgd)
+        checks["more_steps_not_weaker"] = _check(
+            not_greater(a, b),
+            _acc(a) - _acc(b),
+            f"{long[0]} {_acc(a):.4f} vs {main_pgd} {_acc(b):.4f} on {a.size} examples",
+        )
+    if zero_gradient is None:
+        skipped["zero_gradient"] = "sanity rows not run"
+    else:
+        checks["zero_gradient"] = _check(
+            zero_gradient <= ZERO_GRADIENT_LIMIT,
+            round(zero_gradient, 4),
+            f"fraction of clean examples whose BPDA loss gradient is exactly zero "
+            f"(limit {ZERO_GRADIENT_LIMIT})",
+        )
+    if randomness is None:
+        skipped["randomness"] = "clean row not run"
+    else:
+        if uses_me:
+            ok = randomness["logits_vary"] > 0.5
+            rule = "ME-Net: logits must differ between draws for most examples"
+        else:
+            ok = randomness["logits_vary"] == 0 and randomness["pred_varies"] == 0
+            rule = "vanilla: every draw must give the same logits"
+        checks["randomness"] = _check(
+            ok,
+            randomness["pred_varies"],
+            f"fraction of examples whose prediction varies over the R draws "
+            f"{randomness['pred_varies']:.4f}, whose logits vary {randomness['logits_vary']:.4f}"
+            f" ({rule})",
+        )
+    return checks, skipped
+
+
+def worst_case(rows: dict[str, np.ndarray], num_examples: int) -> dict:
+    """Per-example worst case over rows that ran on prefixes of the same examples.
+
+    Example i is correct only if correct under every row that ran on it. `accuracy` covers all
+    `num_examples` (each judged by the rows that covered it); `by_subset` gives, for every
+    distinct row size n, the worst case on the first n examples over all rows with >= n examples.
+    """
+    if not rows:
+        raise ValueError("worst_case needs at least one row.")
+    ok = np.ones(num_examples, bool)
+    for v in rows.values():
+        ok[: v.size] &= v
+    sizes = sorted({v.size for v in rows.values()})
+    by_subset = []
+    for n in sizes:
+        covering = sorted(name for name, v in rows.items() if v.size >= n)
+        sub = np.ones(n, bool)
+        for name in covering:
+            sub &= rows[name][:n]
+        by_subset.append({"n": n, "accuracy": _acc(sub), "rows": covering})
+    return {
+        "accuracy": _acc(ok),
+        "n": num_examples,
+        "rows": sorted(rows),
+        "by_subset": by_subset,
+        "correct": ok,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# results.md
+
+
+def _fmt(v) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_markdown(report: dict, path: str) -> None:
+    """Writes the report as a paper-style table of rows, then the checks, then the budgets."""
+    top5 = "top5" in report["clean"]
+    me = report.get("me", {})
+    lines = [
+        f"# ME-Net evaluation of `{report.get('workdir', '')}`",
+        "",
+        f"Model {report.get('model')} on {report.get('dataset')}, step {report.get('step')}; "
+        f"ME {me.get('method')} at inference p {_fmt(me.get('inference_p'))}. "
+        f"Randomised predictions judged on R = {report.get('eval_keys')} fixed evaluation draws "
+        "shared by every row (correct = correct on a strict majority of the draws).",
+        "",
+        "| Attack | Threat model | eps | Steps | Step size | Restarts | Samples | Examples "
+        "| Accuracy | 95% CI |" + (" Top-5 |" if top5 else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if top5 else ""),
+    ]
+    clean = report["clean"]
+    lo, hi = clean["ci95"]
+    lines.append(
+        f"| clean | none | 0 | | | | | {clean['examples']} | {clean['accuracy']:.2%} "
+        f"| {lo:.1%}-{hi:.1%} |" + (f" {clean['top5']:.2%} |" if top5 else "")
+    )
+    for name, a in report["attacks"].items():
+        p = a["params"]
+        samples = p.get("eot_samples", p.get("samples", p.get("votes", "")))
+        label = name if a.get("in_worst_case", True) else f"{name} *"
+        lo, hi = a["ci95"]
+        extra = ""
+        if "unbounded_success_rate" in a:
+            extra = (
+                f" (unbounded success {a['unbounded_success_rate']:.1%}, median L-inf "
+                f"{_fmt(a['median_linf_distance'])})"
+            )
+        lines.append(
+            f"| {label} | {a['threat']}{extra} | {_fmt(p.get('eps'))} | {_fmt(p.get('steps'))} "
+            f"| {_fmt(p.get('step_size'))} | {_fmt(p.get('restarts'))} | {_fmt(samples)} "
+            f"| {p['examples']} | {a['accuracy']:.2%} | {lo:.1%}-{hi:.1%} |"
+            + (f" {a['top5']:.2%} |" if top5 else "")
+        )
+    w = report["worst_case"]
+    lines += [
+        "",
+        "\\* sanity or inference-option row, not part of the worst case.",
+        "",
+        f"**Worst case** (per example, correct only if correct under every row that ran on it): "
+        f"**{w['accuracy']:.2%}** on {w['n']} examples. By subset (first n examples, every row "
+        "that covers them):",
+        "",
+        "| n | Worst-case accuracy | Rows |",
+        "|---|---|---|",
+    ]
+    for s in w["by_subset"]:
+        lines.append(f"| {s['n']} | {s['accuracy']:.2%} | {', '.join(s['rows'])} |")
+    lines += [
+        "",
+        "## Sanity checks",
+        "",
+        "| Check | Status | Value | Detail |",
+        "|---|---|---|---|",
+    ]
+    for name, c in report["checks"].items():
+        value = json.dumps(c["value"]) if not isinstance(c["value"], float) else _fmt(c["value"])
+        lines.append(f"| {name} | {c['status']} | {value} | {c['detail']} |")
+    skipped = report.get("skipped", {})
+    for kind in ("rows", "checks"):
+        for name, why in skipped.get(kind, {}).items():
+            lines.append(f"\nSkipped {kind[:-1]} `{name}`: {why}.")
+    b = report["budgets"]
+    lines += [
+        "",
+        "## Budgets",
+        "",
+        f"{b['examples']} test examples, {b['eval_keys']} evaluation draws, "
+        f"{b.get('total_seconds', 0):.0f} s in all.",
+        "",
+        "| Row | Examples | Steps | Samples | Seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in b["rows"].items():
+        lines.append(
+            f"| {name} | {r['examples']} | {r['steps']} | {r['samples']} | {r['seconds']:.1f} |"
+        )
+    if "zero_gradient" in b:
+        z = b["zero_gradient"]
+        lines.append(f"| zero-gradient check | {z['examples']} | | | {z['seconds']:.1f} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")

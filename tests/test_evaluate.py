@@ -1,0 +1,243 @@
+"""The evaluation suite on tiny trained models; the statistics against hand-made references."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from menet_jax import evaluate, sanity, train
+from tests.test_train import tiny_config
+
+N = 16  # every row runs on the same 16 examples, so one compile per attack
+
+
+def eval_config(**overrides):
+    c = tiny_config(**overrides)
+    c.eval_batch_size = N
+    ev = c.eval
+    ev.num_examples, ev.eval_keys, ev.pgd_steps, ev.long_pgd_steps = N, 3, (3,), 5
+    for key in ("long_pgd", "cw", "eot", "spsa", "boundary", "vote", "sweep"):
+        ev[f"{key}_examples"] = N
+    ev.eot_samples, ev.eot_steps = 2, 3
+    ev.spsa_steps, ev.spsa_samples = 2, 8
+    ev.boundary_steps, ev.votes = 5, 3
+    return c
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+    me_dir = str(tmp_path_factory.mktemp("menet"))
+    vanilla_dir = str(tmp_path_factory.mktemp("vanilla"))
+    train.train_and_evaluate(tiny_config(), me_dir)
+    train.train_and_evaluate(tiny_config(**{"me.method": "none"}), vanilla_dir)
+    return me_dir, vanilla_dir
+
+
+@pytest.fixture(scope="module")
+def me_report(workdirs):
+    me_dir, vanilla_dir = workdirs
+    c = eval_config()
+    c.eval.source_workdir = vanilla_dir
+    return evaluate.evaluate(c, me_dir)
+
+
+EXPECTED_ROWS = [
+    "fgsm", "pgd_3", "pgd_long_5", "cw_k20", "cw_k50", "bpda_eot", "network_only", "graybox",
+    "transfer_fgsm", "transfer_pgd_3", "transfer_cw_k20", "spsa", "boundary", "vote_clean",
+    "vote_pgd_3", "sweep_eps_x0", "sweep_eps_x0.25", "sweep_eps_x0.5", "sweep_eps_x1",
+    "sweep_eps_x2", "sweep_eps_x4", "no_me_pgd", "fixed_mask_pgd",
+]  # fmt: skip
+EXPECTED_CHECKS = [
+    "eps0_unchanged", "monotone_in_eps", "large_eps_near_chance", "pgd_at_least_fgsm",
+    "blackbox_weaker_than_whitebox", "no_me_attack_succeeds", "fixed_mask_attack_succeeds",
+    "eot_at_least_bpda", "more_steps_not_weaker", "zero_gradient", "randomness",
+]  # fmt: skip
+
+
+def test_report_has_every_row_check_and_budget(me_report, workdirs):
+    r = me_report
+    assert sorted(r["attacks"]) == sorted(EXPECTED_ROWS)
+    assert sorted(r["checks"]) == sorted(EXPECTED_CHECKS)
+    with open(os.path.join(workdirs[0], "results.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(r))  # JSON-serialisable, written as is
+    accs = [r["clean"]["accuracy"], r["worst_case"]["accuracy"]]
+    accs += [a["accuracy"] for a in r["attacks"].values()]
+    assert all(0 <= a <= 1 for a in accs)
+    for name, a in r["attacks"].items():
+        assert a["params"]["examples"] == N and "eps" in a["params"], name
+        assert r["budgets"]["rows"][name]["seconds"] >= 0
+    for c in r["checks"].values():
+        assert c["status"] in ("PASS", "WARN") and c["detail"]
+    # The R draws make an ME-Net's logits differ; the demo's checks all hold on a tiny model.
+    assert r["checks"]["randomness"]["status"] == "PASS"
+    assert r["attacks"]["bpda_eot"]["params"]["eot_samples"] == 2
+    assert r["attacks"]["boundary"]["unbounded_success_rate"] >= 0
+
+
+def test_worst_case_is_below_every_included_row(me_report):
+    r = me_report
+    worst = r["worst_case"]["accuracy"]
+    assert worst <= r["clean"]["accuracy"]
+    included = [n for n, a in r["attacks"].items() if a["in_worst_case"]]
+    assert "pgd_3" in included and "sweep_eps_x4" not in included and "vote_clean" not in included
+    for name in included:
+        assert worst <= r["attacks"][name]["accuracy"], name
+    assert r["worst_case"]["n"] == N
+
+
+def test_eps0_row_equals_clean(me_report):
+    # Same examples, same judging draws, x_adv == x: the predictions are identical.
+    assert me_report["attacks"]["sweep_eps_x0"]["accuracy"] == me_report["clean"]["accuracy"]
+    assert me_report["checks"]["eps0_unchanged"]["status"] == "PASS"
+    # The x1 sweep row re-judges the main PGD images with the same draws.
+    assert (
+        me_report["attacks"]["sweep_eps_x1"]["accuracy"]
+        == me_report["attacks"]["pgd_3"]["accuracy"]
+    )
+
+
+def test_markdown_has_table_and_checks(me_report, workdirs):
+    with open(os.path.join(workdirs[0], "results.md")) as f:
+        md = f.read()
+    assert "| Attack | Threat model | eps |" in md
+    assert "| pgd_3 | white-box BPDA |" in md
+    assert "## Sanity checks" in md and "## Budgets" in md
+    for name, c in me_report["checks"].items():
+        assert f"| {name} | {c['status']} |" in md
+
+
+def test_vanilla_large_eps_pgd_and_missing_me(workdirs):
+    c = eval_config()
+    c.eval.attacks = "pgd,eot,vote,graybox,sanity"
+    c.eval.eps, c.eval.step_size = 1.0, 0.5  # any image is reachable
+    r = evaluate.evaluate(c, workdirs[1])
+    assert r["attacks"]["pgd_3"]["accuracy"] <= 1 / N
+    assert r["checks"]["large_eps_near_chance"]["status"] == "PASS"
+    for row in ("eot", "vote", "graybox", "no_me_pgd", "fixed_mask_pgd"):
+        assert row in r["skipped"]["rows"]
+    for check in ("eot_at_least_bpda", "no_me_attack_succeeds", "fixed_mask_attack_succeeds"):
+        assert check in r["skipped"]["checks"] and check not in r["checks"]
+    # A deterministic model: every draw gives the same logits.
+    assert r["checks"]["randomness"]["status"] == "PASS"
+    assert r["checks"]["randomness"]["value"] == 0.0
+
+
+def test_clean_only_is_clean_only(workdirs):
+    c = eval_config()
+    c.eval.attacks = "clean"
+    r = evaluate.evaluate(c, workdirs[0])
+    assert r["attacks"] == {} and r["worst_case"]["accuracy"] == r["clean"]["accuracy"]
+
+
+def test_user_errors(workdirs, tmp_path):
+    c = eval_config()
+    c.eval.attacks = "pgd,foo"
+    with pytest.raises(ValueError, match="config.eval.attacks"):
+        evaluate.evaluate(c, workdirs[0])
+    c = eval_config()
+    c.eval.eps_multipliers = (0.0, 2.0, 1.0)
+    with pytest.raises(ValueError, match="eps_multipliers"):
+        evaluate.evaluate(c, workdirs[0])
+    with pytest.raises(ValueError, match="does not exist"):
+        evaluate.evaluate(eval_config(), str(tmp_path / "nowhere"))
+    # A source model of another dataset (same network shape, so it loads).
+    other = str(tmp_path / "other")
+    shutil.copytree(workdirs[1], other)
+    with open(os.path.join(other, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["dataset"] = "mnist"
+    with open(os.path.join(other, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    c = eval_config()
+    c.eval.source_workdir = other
+    with pytest.raises(ValueError, match="source_workdir"):
+        evaluate.evaluate(c, workdirs[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics against hand-made references
+
+
+def test_majority_over_draws():
+    correct = np.array(
+        [
+            [1, 1, 0, 0, 1],
+            [1, 0, 1, 0, 0],
+            [1, 0, 0, 0, 1],
+        ],
+        bool,
+    )
+    np.testing.assert_array_equal(sanity.majority(correct), [True, False, False, False, True])
+    # R even: a tie is not a majority.
+    np.testing.assert_array_equal(sanity.majority(correct[:2]), [True, False, False, False, False])
+    with pytest.raises(ValueError):
+        sanity.majority(np.ones(3, bool))
+
+
+def test_wilson_interval_closed_form():
+    lo, hi = sanity.wilson(5, 10)
+    # Wilson (1927) for 5/10 at z = 1.96: 0.5 -/+ 1.96 sqrt(0.025 + 0.00960) / 1.38416.
+    half = 1.96 * math.sqrt(0.25 / 10 + 1.96**2 / 400) / (1 + 1.96**2 / 10)
+    assert lo == pytest.approx(0.5 - half) and hi == pytest.approx(0.5 + half)
+    assert lo == pytest.approx(0.2366, abs=1e-4)
+    assert sanity.wilson(0, 10)[0] == 0.0 and sanity.wilson(0, 10)[1] == pytest.approx(0.2775, 1e-3)
+
+
+def test_paired_comparison_noise_passes_and_real_gap_warns():
+    rng = np.random.default_rng(0)
+    truth = rng.random(1000) < 0.6
+    # Mask noise: each row flips 5% of the examples at random; the rates are equal.
+    a = truth ^ (rng.random(1000) < 0.05)
+    b = truth ^ (rng.random(1000) < 0.05)
+    assert sanity.not_greater(a, b) and sanity.not_greater(b, a) and sanity.same_rate(a, b)
+    # A clearly stronger attack b: 20% of a's correct examples fall.
+    weaker = truth & (rng.random(1000) < 0.8)
+    assert not sanity.not_greater(truth, weaker) and not sanity.same_rate(truth, weaker)
+    assert sanity.not_greater(weaker, truth)
+    # The paired bound is the McNemar one: var of the differences.
+    d = truth.astype(float) - weaker.astype(float)
+    diff, half = sanity.paired_difference(truth, weaker)
+    assert diff == pytest.approx(d.mean()) and half == pytest.approx(
+        1.96 * d.std() / math.sqrt(1000)
+    )
+
+
+def test_worst_case_over_prefix_rows():
+    rows = {
+        "clean": np.array([1, 1, 1, 1, 0], bool),
+        "pgd": np.array([1, 0, 1, 1, 1], bool),
+        "eot": np.array([0, 1], bool),  # ran on the first 2 examples only
+    }
+    w = sanity.worst_case(rows, 5)
+    np.testing.assert_array_equal(w["correct"], [False, False, True, True, False])
+    assert w["accuracy"] == 0.4
+    assert w["by_subset"] == [
+        {"n": 2, "accuracy": 0.0, "rows": ["clean", "eot", "pgd"]},
+        {"n": 5, "accuracy": 0.6, "rows": ["clean", "pgd"]},
+    ]
+
+
+def test_checks_flag_a_broken_attack():
+    # PGD clearly weaker than FGSM and accuracy rising with eps must WARN.
+    n = 200
+    fgsm = np.zeros(n, bool)
+    pgd = np.ones(n, bool)
+    rows = {"clean": np.ones(n, bool), "fgsm": fgsm, "pgd_40": pgd, "s0": np.ones(n, bool)}
+    rows["s1"], rows["s2"] = fgsm, pgd
+    checks, skipped = sanity.compute_checks(
+        rows, main_pgd="pgd_40", sweep=[(0, "s0"), (1, "s1"), (2, "s2")], num_classes=10,
+        blackbox=[], zero_gradient=0.5, randomness={"pred_varies": 0.0, "logits_vary": 0.0},
+        uses_me=True,
+    )  # fmt: skip
+    assert checks["pgd_at_least_fgsm"]["status"] == "WARN"
+    assert checks["monotone_in_eps"]["status"] == "WARN"
+    assert checks["large_eps_near_chance"]["status"] == "WARN"
+    assert checks["zero_gradient"]["status"] == "WARN"
+    assert checks["randomness"]["status"] == "WARN"  # an ME-Net whose draws never differ
+    assert checks["eps0_unchanged"]["status"] == "PASS"
+    assert "blackbox_weaker_than_whitebox" in skipped and "eot_at_least_bpda" in skipped
