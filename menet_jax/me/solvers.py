@@ -67,6 +67,17 @@ def _check_lanes(lanes: Any) -> None:
         raise ValueError(f"lanes must be None or an integer >= 1; got {lanes!r}.")
 
 
+def _check_iterative(a, mask, *, tol, max_iters, init, lanes) -> tuple[jax.Array, jax.Array]:
+    """The argument checks Soft-Impute and the nuclear norm share; returns (a, mask)."""
+    a, mask = _check_pair(a, mask)
+    _check_positive("tol", tol)
+    _check_iters(max_iters)
+    if init is not None and jnp.shape(init) != a.shape:
+        raise ValueError(f"init must have the same shape as a {a.shape}; got {jnp.shape(init)}.")
+    _check_lanes(lanes)
+    return a, mask
+
+
 def observed_fraction(mask: jax.Array) -> jax.Array:
     """Measured observation rate p_hat of each matrix, [...]."""
     return jnp.mean(mask, axis=(-2, -1))
@@ -348,13 +359,8 @@ def softimpute(
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
-    a, mask = _check_pair(a, mask)
     _check_positive("shrinkage", shrinkage)
-    _check_positive("tol", tol)
-    _check_iters(max_iters)
-    if init is not None and jnp.shape(init) != a.shape:
-        raise ValueError(f"init must have the same shape as a {a.shape}; got {jnp.shape(init)}.")
-    _check_lanes(lanes)
+    a, mask = _check_iterative(a, mask, tol=tol, max_iters=max_iters, init=init, lanes=lanes)
     return _softimpute(
         a,
         mask,
@@ -437,13 +443,8 @@ def nucnorm(
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
-    a, mask = _check_pair(a, mask)
     _check_positive("mu", mu)
-    _check_positive("tol", tol)
-    _check_iters(max_iters)
-    if init is not None and jnp.shape(init) != a.shape:
-        raise ValueError(f"init must have the same shape as a {a.shape}; got {jnp.shape(init)}.")
-    _check_lanes(lanes)
+    a, mask = _check_iterative(a, mask, tol=tol, max_iters=max_iters, init=init, lanes=lanes)
     out, _ = _nucnorm(
         a, mask, mu, init, max_iters=max_iters, tol=tol, accelerated=bool(accelerated), lanes=lanes
     )
