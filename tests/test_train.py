@@ -294,3 +294,11 @@ def test_adversarial_training_step_trains_on_pgd_examples(tmp_path):
         params_of(tmp_path / "eps0"),
         params_of(tmp_path / "plain"),
     )
+
+
+def test_eval_settings_are_validated_before_training(tmp_path):
+    with pytest.raises(ValueError, match="config.eval.attacks"):
+        train.train_and_evaluate(tiny_config(**{"eval.attacks": "pgd,laser"}), str(tmp_path))
+    with pytest.raises(ValueError, match="config.eval.eot_steps"):
+        validate_config(tiny_config(**{"eval.eot_steps": 0}))
+    assert not os.path.exists(tmp_path / "checkpoints")
