@@ -453,15 +453,6 @@ def to_float(images):
     return images.astype(np.float32) / np.float32(255.0)
 
 
-def normalize(images: jax.Array, info: DatasetInfo) -> jax.Array:
-    """Standardises [0, 1] images with the dataset's per-channel mean/std (identity if None)."""
-    if info.mean is None or info.std is None:
-        return images
-    mean = jnp.asarray(info.mean, images.dtype)
-    std = jnp.asarray(info.std, images.dtype)
-    return (images - mean) / std
-
-
 def augment_params(key: jax.Array, batch_size: int, *, pad: int = 4, flip: bool = True):
     """Draws the per-example crop offsets and flips that :func:`augment` applies.
 

@@ -376,14 +376,6 @@ def test_to_float():
         ip.to_float(out)
 
 
-def test_normalize():
-    x = _images(c=3)
-    info = ip.get_info("cifar10")
-    expected = (x.astype(np.float64) - np.array(info.mean)) / np.array(info.std)
-    np.testing.assert_allclose(np.asarray(ip.normalize(jnp.asarray(x), info)), expected, rtol=1e-5)
-    np.testing.assert_array_equal(np.asarray(ip.normalize(x, ip.get_info("mnist"))), x)
-
-
 def test_augment_flip_only():
     x = _images()
     key = jax.random.key(0)
