@@ -111,6 +111,64 @@ def test_softimpute_matches_fancyimpute_loop():
         assert rel(got[i], ref_softimpute(a[i] * mask[i], mask[i])) < 5e-3
 
 
+def photo_matrices(num, p=0.5, seed=0):
+    """[R|G|B] 32x96 matrices of real photo crops in [-1, 1] and a Bernoulli(p) mask."""
+    from menet_jax.me import photos
+
+    tiles = photos.photo_tiles(num, seed=seed).astype(np.float64) * 2 - 1
+    a = np.concatenate([tiles[..., c] for c in range(3)], axis=-1)
+    return a, bern(seed + 100, a.shape, p)
+
+
+def test_tracked_svt_matches_float64_svt_from_a_nearby_basis():
+    from menet_jax.me import linalg
+
+    a, _ = photo_matrices(6)
+    lam = np.linalg.svd(a, compute_uv=False)[:, 0] / 50
+    # The basis comes from a different matrix (noise of 2% of the entries' RMS added), as
+    # between two Soft-Impute iterations.
+    near = a + 0.01 * np.random.default_rng(1).normal(size=a.shape)
+    u = np.linalg.eigh(near @ np.swapaxes(near, -1, -2))[1]
+    x, shrunk, u_new = linalg.tracked_svt(jnp.float32(a), jnp.float32(lam), jnp.float32(u))
+    for i in range(len(a)):
+        want = ref_svt(a[i], lam[i])
+        assert rel(x[i], want) < 1e-4
+        s = np.linalg.svd(a[i], compute_uv=False)
+        np.testing.assert_allclose(
+            np.sort(np.asarray(shrunk[i], np.float64)),
+            np.sort(np.maximum(s - lam[i], 0)),
+            atol=1e-3 * s[0],
+        )
+    # The returned basis is orthonormal and diagonalises A A^T better than the one given (pairs
+    # that stay below the threshold are left alone by design).
+    u_new = np.asarray(u_new, np.float64)
+    np.testing.assert_allclose(
+        u_new.swapaxes(-1, -2) @ u_new, np.broadcast_to(np.eye(M), u.shape), atol=1e-4
+    )
+
+    def off(v):
+        h = v.swapaxes(-1, -2) @ a @ a.swapaxes(-1, -2) @ v
+        return np.abs(h - h * np.eye(M)).max() / np.abs(h).max()
+
+    assert off(u_new) < off(u) / 10
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_softimpute_svt_modes_agree_with_float64_loop_on_photos(accelerated):
+    a, mask = photo_matrices(4, seed=3)
+    ref = [ref_softimpute(a[i] * mask[i], mask[i]) for i in range(len(a))]
+    outs = {
+        svt: np.asarray(me.softimpute(a * mask, mask, svt=svt, accelerated=accelerated))
+        for svt in ("tracked", "eigh")
+    }
+    for i in range(len(a)):
+        if not accelerated:  # the fancyimpute iteration, to float32 rounding
+            assert rel(outs["tracked"][i], ref[i]) < 1e-3
+            assert rel(outs["eigh"][i], ref[i]) < 1e-3
+        # Both ways of computing each step give the same iterates.
+        assert rel(outs["tracked"][i], outs["eigh"][i]) < 1e-3
+
+
 @pytest.mark.parametrize("accelerated", [False, True])
 def test_softimpute_recovers_rank2(accelerated):
     a = np.stack([rank2(10), rank2(11)])
@@ -347,6 +405,8 @@ def test_bad_input_raises_value_error():
         ("max_iters", lambda: me.softimpute(a, a, max_iters=0)),
         ("mu", lambda: me.nucnorm(a, a, mu=0.0)),
         ("lanes", lambda: me.nucnorm(a, a, lanes=0)),
+        ("svt", lambda: me.softimpute(a, a, svt="svd")),
+        ("svt", lambda: me.nucnorm(a, a, svt=None)),
         ("start", lambda: me.p_schedule(0.0, 0.8, 10)),
         ("end", lambda: me.p_schedule(0.6, 1.2, 10)),
         ("num_masks", lambda: me.p_schedule(0.6, 0.8, 0)),
