@@ -129,7 +129,8 @@ def test_tracked_svt_matches_float64_svt_from_a_nearby_basis():
     # between two Soft-Impute iterations.
     near = a + 0.01 * np.random.default_rng(1).normal(size=a.shape)
     u = np.linalg.eigh(near @ np.swapaxes(near, -1, -2))[1]
-    x, shrunk, u_new = linalg.tracked_svt(jnp.float32(a), jnp.float32(lam), jnp.float32(u))
+    basis = np.swapaxes(u, -1, -2)  # eigenvectors as rows
+    x, shrunk, basis_new = linalg.tracked_svt(jnp.float32(a), jnp.float32(lam), jnp.float32(basis))
     for i in range(len(a)):
         want = ref_svt(a[i], lam[i])
         assert rel(x[i], want) < 1e-4
@@ -141,7 +142,7 @@ def test_tracked_svt_matches_float64_svt_from_a_nearby_basis():
         )
     # The returned basis is orthonormal and diagonalises A A^T better than the one given (pairs
     # that stay below the threshold are left alone by design).
-    u_new = np.asarray(u_new, np.float64)
+    u_new = np.swapaxes(np.asarray(basis_new, np.float64), -1, -2)
     np.testing.assert_allclose(
         u_new.swapaxes(-1, -2) @ u_new, np.broadcast_to(np.eye(M), u.shape), atol=1e-4
     )
