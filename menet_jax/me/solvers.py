@@ -70,8 +70,12 @@ def _check_lanes(lanes: Any) -> None:
 SVT_METHODS = ("tracked", "eigh")
 
 
-def _check_iterative(a, mask, *, tol, max_iters, init, lanes, svt) -> tuple[jax.Array, jax.Array]:
-    """The argument checks Soft-Impute and the nuclear norm share; returns (a, mask)."""
+def _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt):
+    """The argument checks Soft-Impute and the nuclear norm share.
+
+    Returns:
+      (a, mask, options): the arrays as float32 and the static loop options.
+    """
     if svt not in SVT_METHODS:
         raise ValueError(f"svt must be one of {SVT_METHODS}; got {svt!r}.")
     a, mask = _check_pair(a, mask)
@@ -80,7 +84,14 @@ def _check_iterative(a, mask, *, tol, max_iters, init, lanes, svt) -> tuple[jax.
     if init is not None and jnp.shape(init) != a.shape:
         raise ValueError(f"init must have the same shape as a {a.shape}; got {jnp.shape(init)}.")
     _check_lanes(lanes)
-    return a, mask
+    options = {
+        "max_iters": max_iters,
+        "tol": tol,
+        "accelerated": bool(accelerated),
+        "lanes": lanes,
+        "svt": svt,
+    }
+    return a, mask, options
 
 
 def observed_fraction(mask: jax.Array) -> jax.Array:
@@ -412,20 +423,8 @@ def softimpute(
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("shrinkage", shrinkage)
-    a, mask = _check_iterative(
-        a, mask, tol=tol, max_iters=max_iters, init=init, lanes=lanes, svt=svt
-    )
-    return _softimpute(
-        a,
-        mask,
-        shrinkage,
-        init,
-        max_iters=max_iters,
-        tol=tol,
-        accelerated=bool(accelerated),
-        lanes=lanes,
-        svt=svt,
-    )[0]
+    a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
+    return _softimpute(a, mask, shrinkage, init, **options)[0]
 
 
 _ITER_STATIC = ("max_iters", "tol", "accelerated", "lanes", "svt")
@@ -510,21 +509,8 @@ def nucnorm(
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("mu", mu)
-    a, mask = _check_iterative(
-        a, mask, tol=tol, max_iters=max_iters, init=init, lanes=lanes, svt=svt
-    )
-    out, _ = _nucnorm(
-        a,
-        mask,
-        mu,
-        init,
-        max_iters=max_iters,
-        tol=tol,
-        accelerated=bool(accelerated),
-        lanes=lanes,
-        svt=svt,
-    )
-    return out
+    a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
+    return _nucnorm(a, mask, mu, init, **options)[0]
 
 
 @functools.partial(jax.jit, static_argnames=_ITER_STATIC)
