@@ -414,7 +414,11 @@ def softimpute(
         matrix products only, the Gram eigenbasis carried from one iteration to the next and
         refreshed by rotations, see `linalg.tracked_svt`) or "eigh" (a fresh eigendecomposition
         per iteration). Same algorithm and stopping rule; on photo tiles both stay within
-        ~1e-4 of a float64 run of fancyimpute's loop.
+        ~1e-4 of a float64 run of fancyimpute's loop. Known limitation: on a CPU split into
+        several host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N) with the
+        batch sharded across them, XLA:CPU's thread pool deadlocked in the loop's all-reduce
+        with "tracked" in 2 of 3 runs on 2 devices (0 of 2 on 8; "eigh": 0 of 3); use "eigh"
+        there. GPUs and TPUs do not share that pool.
 
     Returns:
       [..., m, n] float32 estimate (observed entries equal to a).
