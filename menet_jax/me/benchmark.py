@@ -121,11 +121,15 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _time_jax(fn, a, m, batch: int, jitted=None) -> tuple[float, np.ndarray]:
+def _compiled(fn, a, m, batch: int):
+    """fn jitted and compiled for [batch, m, n] inputs."""
+    jitted = jax.jit(fn)
+    jax.block_until_ready(jitted(a[:batch], m[:batch]))
+    return jitted
+
+
+def _time_jax(jitted, a, m, batch: int) -> tuple[float, np.ndarray]:
     n = a.shape[0]
-    if jitted is None:
-        jitted = jax.jit(fn)
-        jax.block_until_ready(jitted(a[:batch], m[:batch]))  # compile
     outs = []
     t0 = time.perf_counter()
     for i in range(0, n, batch):
@@ -170,13 +174,12 @@ def _jax_worker(rank, workers, names, opts, barrier, queue) -> None:
     _, a, m = _problem(opts["num_images"], opts["p"], opts["seed"])
     part = _share(a.shape[0], workers, rank)
     a, m = a[part], m[part]
+    batch = min(opts["batch"], a.shape[0])
     for s in names:
-        fn = functools.partial(JAX_SOLVERS[s], lanes=opts["lanes"])
-        jitted = jax.jit(fn)
-        jax.block_until_ready(jitted(a[: opts["batch"]], m[: opts["batch"]]))  # compile
+        jitted = _compiled(functools.partial(JAX_SOLVERS[s], lanes=opts["lanes"]), a, m, batch)
         barrier.wait()
         t0 = time.time()
-        _, out = _time_jax(fn, a, m, min(opts["batch"], a.shape[0]), jitted=jitted)
+        _, out = _time_jax(jitted, a, m, batch)
         queue.put((s, rank, t0, time.time(), out))
         barrier.wait()  # the next solver's compilation must not overlap another's timing
 
@@ -192,8 +195,9 @@ def _baseline_worker(rank, workers, kind, n, opts, barrier, queue) -> None:
     queue.put((kind, rank, t0, time.time(), out))
 
 
-def _in_processes(target, workers: int, *args) -> dict:
-    """Runs target(rank, workers, *args, barrier, queue) in `workers` fresh processes.
+def _in_processes(target, workers: int, reports: int, *args) -> dict:
+    """Runs target(rank, workers, *args, barrier, queue) in `workers` fresh processes, each of
+    which puts `reports` results on the queue.
 
     Returns {name: (images_per_s_of_all_processes_together, [outputs by rank])}, the rate
     being the images all processes solved over the wall time from the first start to the last
@@ -220,7 +224,7 @@ def _in_processes(target, workers: int, *args) -> dict:
                 os.environ[k] = v
     got: dict = {}
     try:
-        while sum(len(v) for v in got.values()) < workers * _expected(target, args):
+        while sum(len(v) for v in got.values()) < workers * reports:
             name, rank, t0, t1, out = queue.get(timeout=1800)
             got.setdefault(name, {})[rank] = (t0, t1, out)
     finally:
@@ -235,11 +239,6 @@ def _in_processes(target, workers: int, *args) -> dict:
         outs = [parts[r][2] for r in range(workers)]
         result[name] = (sum(len(o) for o in outs) / (end - start), outs)
     return result
-
-
-def _expected(target, args) -> int:
-    """How many results each worker reports."""
-    return len(args[0]) if target is _jax_worker else 1
 
 
 def main(argv: list[str]) -> int:
@@ -307,8 +306,8 @@ def main(argv: list[str]) -> int:
     print(f"jax_batch: {batch}")
     print(f"jax_lanes: {lanes or batch}")
     for s in names:
-        fn = functools.partial(JAX_SOLVERS[s], lanes=lanes)
-        rate, out = _time_jax(fn, a, m, batch)
+        jitted = _compiled(functools.partial(JAX_SOLVERS[s], lanes=lanes), a, m, batch)
+        rate, out = _time_jax(jitted, a, m, batch)
         print(f"jax_{s}_img_per_s: {rate:.1f}")
         print(f"jax_{s}_psnr: {psnr(to_images(out, images.shape), images):.2f}")
         kind = BASELINE_OF[s]
@@ -340,11 +339,11 @@ def _whole_machine(workers, names, args, lanes, batch, images, base_results) -> 
     for kind, (_, _, n) in sorted(base_results.items()):
         if n < workers:
             continue
-        res = _in_processes(_baseline_worker, workers, kind, n, opts)
+        res = _in_processes(_baseline_worker, workers, 1, kind, n, opts)
         base_rates[kind] = res[kind][0]
         print(f"{BASELINES[kind][0]}_{kind}_img_per_s_{tag}: {base_rates[kind]:.1f}")
     opts.update(lanes=lanes, batch=batch)
-    res = _in_processes(_jax_worker, workers, names, opts)
+    res = _in_processes(_jax_worker, workers, len(names), names, opts)
     for s in names:
         rate, outs = res[s]
         out = np.concatenate(outs)

@@ -26,6 +26,17 @@ def mm(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.matmul(x, y, precision=_HIGHEST)
 
 
+def mm_nt(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Batched x @ y^T. (XLA:CPU contracts two last axes about 2x faster than a first axis, so
+    the tracked SVT keeps its basis as rows and only ever forms products of this kind.)"""
+    return jnp.einsum("...ik,...jk->...ij", x, y, precision=_HIGHEST)
+
+
+def gram(a: jax.Array) -> jax.Array:
+    """A A^T of each matrix."""
+    return mm_nt(a, a)
+
+
 def gram_eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Singular values and left singular vectors of a batch of wide matrices.
 
@@ -36,8 +47,7 @@ def gram_eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
       (s, u): s [..., m] singular values in ascending order, u [..., m, m] the matching
       left singular vectors (columns).
     """
-    g = mm(a, jnp.swapaxes(a, -1, -2))
-    w, u = jnp.linalg.eigh(g, symmetrize_input=True)
+    w, u = jnp.linalg.eigh(gram(a), symmetrize_input=True)
     return jnp.sqrt(jnp.maximum(w, 0.0)), u
 
 
@@ -57,7 +67,7 @@ def top_singular_value(a: jax.Array, v0: jax.Array, *, iters: int = 96) -> jax.A
     Returns:
       [...] the largest singular values (0 for an all-zero matrix).
     """
-    g = mm(a, jnp.swapaxes(a, -1, -2))
+    g = gram(a)
     # Mix in a fixed generic vector so a start orthogonal to the top eigenvector still works.
     v = v0 + 1e-3 * jnp.cos(jnp.arange(v0.shape[-1], dtype=v0.dtype))
 
@@ -108,12 +118,6 @@ def to_wide(*xs: jax.Array | None) -> tuple[bool, list[jax.Array | None]]:
 
 def _sym(h: jax.Array) -> jax.Array:
     return 0.5 * (h + jnp.swapaxes(h, -1, -2))
-
-
-def mm_nt(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Batched x @ y^T. (XLA:CPU contracts two last axes about 2x faster than a first axis, so
-    the tracked SVT keeps its basis as rows and only ever forms products of this kind.)"""
-    return jnp.einsum("...ik,...jk->...ij", x, y, precision=_HIGHEST)
 
 
 def _congruence(g: jax.Array, v: jax.Array) -> jax.Array:
@@ -203,7 +207,7 @@ def tracked_svt(
     """
     lam = jnp.broadcast_to(jnp.asarray(lam, a.dtype), a.shape[:-2])
     v = basis
-    g = mm_nt(a, a)
+    g = gram(a)
     h = _congruence(g, v)
     for _ in range(rounds):
         v = _rotate(h, v, lam, ns_steps)
