@@ -33,7 +33,6 @@ JAX_SOLVERS = {
     # The same iterations with a LAPACK eigendecomposition per step (the pre-tracking path).
     "softimpute_eigh": lambda a, m, lanes: solvers.softimpute(a, m, lanes=lanes, svt="eigh"),
 }
-DEFAULT_SOLVERS = ("usvt", "softimpute", "softimpute_acc", "nucnorm")
 # Which authors' baseline each JAX solver is compared with.
 BASELINE_OF = {
     "usvt": "usvt",
@@ -82,6 +81,62 @@ def _patch_fancyimpute() -> None:
 
     for mod in (fancyimpute.solver, fancyimpute.soft_impute):
         mod.check_array = compat
+
+
+def float64_softimpute(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """fancyimpute's SoftImpute loop in float64 with an exact sigma_max (the accuracy reference
+    for the exact mode: fancyimpute itself estimates sigma_max by a randomized SVD)."""
+    obs = mask > 0
+    x = np.where(obs, a, 0.0).astype(np.float64)
+    lam = np.linalg.svd(x, compute_uv=False)[0] / 50
+    for _ in range(100):
+        u, sv, vt = np.linalg.svd(x, full_matrices=False)
+        z = (u * np.maximum(sv - lam, 0)) @ vt
+        old = np.sqrt(np.sum(x[~obs] ** 2))
+        converged = old > 0 and np.sqrt(np.sum((x[~obs] - z[~obs]) ** 2)) / old < 1e-3
+        x[~obs] = z[~obs]
+        if converged:
+            break
+    return x
+
+
+# Iteration counts: the solvers' internal loops, with each benchmarked solver's options.
+_ITERATIONS = {
+    "softimpute": lambda a, m: solvers._softimpute(
+        a, m, None, None, accelerated=False, svt="tracked", **_LOOP
+    ),
+    "softimpute_acc": lambda a, m: solvers._softimpute(
+        a, m, None, None, accelerated=True, svt="tracked", **_LOOP
+    ),
+    "softimpute_eigh": lambda a, m: solvers._softimpute(
+        a, m, None, None, accelerated=False, svt="eigh", **_LOOP
+    ),
+    "nucnorm": lambda a, m: solvers._nucnorm(
+        a, m, 1.0, None, accelerated=True, svt="tracked", **_LOOP
+    ),
+}
+_LOOP = {"max_iters": 100, "tol": 1e-3, "lanes": None}
+
+
+def _report_accuracy(names, a, m, n: int) -> None:
+    """Mean iterations of the iterative solvers and, for Soft-Impute's exact mode, the relative
+    error against `float64_softimpute` on the first n matrices."""
+    a, m = a[:n], m[:n]
+    ref = None
+    for s in names:
+        if s not in _ITERATIONS:
+            continue
+        out, iters = _ITERATIONS[s](a, m)
+        print(f"jax_{s}_mean_iters_first{n}: {float(np.mean(iters)):.1f}")
+        if s in ("softimpute", "softimpute_eigh"):
+            if ref is None:
+                ref = np.stack(
+                    [float64_softimpute(np.asarray(a[i]), np.asarray(m[i])) for i in range(n)]
+                )
+            err = np.linalg.norm(np.asarray(out, np.float64) - ref, axis=(1, 2))
+            err /= np.linalg.norm(ref, axis=(1, 2))
+            print(f"jax_{s}_rel_err_vs_float64_first{n}_median: {np.median(err):.1e}")
+            print(f"jax_{s}_rel_err_vs_float64_first{n}_max: {np.max(err):.1e}")
 
 
 def fancy_softimpute(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -261,6 +316,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--fancy-images", type=int, default=64, help="fancyimpute images")
     ap.add_argument("--cvxpy-images", type=int, default=6, help="cvxpy/SCS images")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument(
+        "--reference-images",
+        type=int,
+        default=256,
+        help="matrices for the iteration counts and the float64 accuracy check (0 skips)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--workers",
@@ -321,6 +382,8 @@ def main(argv: list[str]) -> int:
                 f_c = np.asarray(solvers.nucnorm_objective(bout, a[:n], m[:n]))
                 gap = np.max((f_j - f_c) / np.abs(f_c))
                 print(f"jax_{s}_objective_rel_gap_vs_cvxpy_max: {gap:.2e}")
+    if args.reference_images > 0:
+        _report_accuracy(names, a, m, min(args.reference_images, args.num_images))
 
     workers = args.workers
     if workers is None:
