@@ -36,7 +36,7 @@ def get_config(arg=None):
     c.learning_rate = 0.1
     c.lr_boundaries_epochs = (100, 150)
     c.augment = True
-    # Table 9, p 0.8->1: its rows match Table 23's Soft-Impute row (SPEC section 3).
+    # Table 9, p 0.8->1: its rows match Table 23's Soft-Impute row (docs/method.md §3.4).
     c.me.method = "softimpute"
     c.me.p_start, c.me.p_end = 0.8, 1.0
     c.eval.eps, c.eval.step_size = 8 / 255, 2 / 255

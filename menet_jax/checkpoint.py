@@ -1,13 +1,15 @@
 """Orbax checkpoints in WORKDIR/checkpoints/<step>/, the run's config, and `load(workdir)`.
 
-A checkpoint holds the model and optimizer state (`nnx.to_pure_dict` of both); the config that
-made it is WORKDIR/config.json. `load(workdir)` rebuilds the network from that config, restores
-the latest (or a given) step and returns a ready `DefendedClassifier`.
+A checkpoint holds the training state `nnx.to_pure_dict` of (model, optimizer): entry 0 is the
+model, entry 1 the optimizer. The config that made it is WORKDIR/config.json (with its schema
+version; `menet_jax.config.to_json`). `load(workdir)` rebuilds the network from that config,
+restores only the model's entry of the latest (or a given) step and returns a ready
+`DefendedClassifier`; no optimizer is built.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 
 import jax
@@ -15,7 +17,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from menet_jax.validation import ConfigError
+from menet_jax import config as config_lib
+from menet_jax import defense, input_pipeline, state
+from menet_jax.config import ConfigError
 
 CONFIG_FILE = "config.json"
 # Keys that must match for a run to resume from (or evaluate) a workdir's checkpoints.
@@ -39,38 +43,51 @@ def manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp.Chec
     )
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: nnx.State) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, train_state: nnx.State) -> None:
     """Saves the (model, optimizer) state at `step` (asynchronously; atomic on completion)."""
-    mngr.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(state)), force=True)
+    mngr.save(step, args=ocp.args.StandardSave(nnx.to_pure_dict(train_state)), force=True)
+
+
+@contextlib.contextmanager
+def _readable(mngr: ocp.CheckpointManager, step: int):
+    """Turns any failure to read checkpoint `step` into one CheckpointError sentence."""
+    try:
+        yield
+    except Exception as e:  # orbax raises many types for truncated or foreign files
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise CheckpointError(
+            f"the checkpoint at {mngr.directory}/{step} could not be read ({type(e).__name__}: "
+            f"{first}); it is corrupt, incomplete or from a different model: delete that step "
+            "folder to fall back to an earlier one"
+        ) from None
+
+
+def _resolve_step(mngr: ocp.CheckpointManager, step: int | None) -> int | None:
+    step = mngr.latest_step() if step is None else step
+    if step is not None and step not in mngr.all_steps():
+        raise CheckpointError(
+            f"no checkpoint for step {step} in {mngr.directory}; available: {mngr.all_steps()}"
+        )
+    return step
 
 
 def restore_latest(
-    mngr: ocp.CheckpointManager, state: nnx.State, *, step: int | None = None
+    mngr: ocp.CheckpointManager, train_state: nnx.State, *, step: int | None = None
 ) -> tuple[int, nnx.State]:
-    """Restores `step` (default: the latest) into a state of the same structure.
+    """Restores `step` (default: the latest) into a training state of the same structure.
 
     Returns:
       (step, state); (0, state) unchanged when the manager holds no checkpoint.
     """
-    step = mngr.latest_step() if step is None else step
+    step = _resolve_step(mngr, step)
     if step is None:
-        return 0, state
-    if step not in mngr.all_steps():
-        raise CheckpointError(
-            f"no checkpoint for step {step} in {mngr.directory}; available: {mngr.all_steps()}"
-        )
-    pure = nnx.to_pure_dict(state)
+        return 0, train_state
+    pure = nnx.to_pure_dict(train_state)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, pure)
-    try:
+    with _readable(mngr, step):
         restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # orbax raises many types for truncated or foreign files
-        raise CheckpointError(
-            f"the checkpoint at {mngr.directory}/{step} could not be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); it is corrupt, incomplete or "
-            "from a different model: delete that step folder to fall back to an earlier one"
-        ) from None
-    nnx.replace_by_pure_dict(state, restored)
-    return int(step), state
+    nnx.replace_by_pure_dict(train_state, restored)
+    return int(step), train_state
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -87,23 +104,39 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if jax.process_index() == 0:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(config.to_json(indent=2))
+            f.write(config_lib.to_json(config))
         os.replace(tmp, path)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir's run was made with."""
+    """The config a workdir's run was made with (upgraded to the current schema)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise CheckpointError(f"{path} does not exist; is {workdir!r} a menet-jax workdir?")
     try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+        with open(path, encoding="utf-8") as f:
+            return config_lib.from_json(f.read(), source=path)
+    except (ConfigError, UnicodeDecodeError) as e:
+        raise CheckpointError(str(e)) from None
 
 
-def load(workdir: str, *, step: int | None = None):
+def restore_model(mngr: ocp.CheckpointManager, model: nnx.Module, step: int) -> None:
+    """Reads only the model's entry of checkpoint `step` into `model` (in place)."""
+    _, model_state = nnx.split(model)
+    abstract = {0: jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(model_state))}
+    args = ocp.args.PyTreeRestore(
+        abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True,
+    )
+    path = os.path.join(str(mngr.directory), str(step), "default")
+    with _readable(mngr, step):
+        restored = ocp.PyTreeCheckpointer().restore(path, args=args)
+    nnx.replace_by_pure_dict(model_state, restored[0])
+    nnx.update(model, model_state)
+
+
+def load(workdir: str, *, step: int | None = None) -> defense.DefendedClassifier:
     """Restores a trained ME-Net from `workdir`.
 
     Args:
@@ -111,24 +144,18 @@ def load(workdir: str, *, step: int | None = None):
       step: the checkpoint step (default: the latest).
 
     Returns:
-      A `menet_jax.defense.DefendedClassifier` with `.config`, `.network(x)` and
+      A `DefendedClassifier` with `.config`, `.step`, `.network(x)` and
       `.defended(x, key, *, bpda=False, votes=0)`.
     """
-    from menet_jax import defense, input_pipeline, train
-
     config = read_config(workdir)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"no checkpoints in {ckpt_dir}; train first (--mode=train)")
     mngr = manager(workdir, read_only=True)
-    if mngr.latest_step() is None:
+    step = _resolve_step(mngr, step)
+    if step is None:
         raise CheckpointError(f"no checkpoints in {ckpt_dir}; train first (--mode=train)")
     info = input_pipeline.get_info(config.dataset)
-    model = train.create_model(config, info)
-    optimizer = train.create_optimizer(model, config, num_train=1)
-    graphdef, state = nnx.split((model, optimizer))
-    step, state = restore_latest(mngr, state, step=step)
-    model, _ = nnx.merge(graphdef, state)
-    classifier = defense.DefendedClassifier(model, config, info.num_classes)
-    classifier.step = step
-    return classifier
+    model = state.create_model(config, info)
+    restore_model(mngr, model, step)
+    return defense.DefendedClassifier.from_model(model, config, info.num_classes, step=step)

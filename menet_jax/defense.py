@@ -2,10 +2,14 @@
 
 Owns how an `me` config section becomes an image transform: the solver options each method
 takes, the inference p (Algorithm 1: the mean of the training p's), BPDA (straight-through
-gradients for white-box attacks) and majority vote over several masks (supplement J).
+gradients for white-box attacks) and majority vote over several masks (supplement J); see
+docs/method.md §3.3 and §5.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +25,7 @@ def solver_options(me_config: ml_collections.ConfigDict) -> dict:
     method = me_config.method
     if method == "usvt":
         opts = {"rank_fraction": float(me_config.rank_fraction)}
-        if me_config.threshold:
+        if me_config.threshold != "rank":
             opts["threshold"] = me_config.threshold
         return opts
     if method == "softimpute":
@@ -30,7 +34,7 @@ def solver_options(me_config: ml_collections.ConfigDict) -> dict:
             "tol": float(me_config.tol),
             "accelerated": bool(me_config.accelerated),
         }
-        if me_config.shrinkage > 0:
+        if me_config.shrinkage is not None:
             opts["shrinkage"] = float(me_config.shrinkage)
         return opts
     if method == "nucnorm":
@@ -47,9 +51,9 @@ def training_ps(me_config: ml_collections.ConfigDict) -> np.ndarray:
     )
 
 
-def inference_p(me_config: ml_collections.ConfigDict) -> float:
+def default_inference_p(me_config: ml_collections.ConfigDict) -> float:
     """The test-time p: `me.inference_p` if set, else the mean of the training p's."""
-    if me_config.inference_p > 0:
+    if me_config.inference_p is not None:
         return float(me_config.inference_p)
     return float(np.mean(training_ps(me_config)))
 
@@ -72,25 +76,46 @@ def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
     return x + jax.lax.stop_gradient(y - x)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (jit of bound methods)
 class DefendedClassifier:
-    """A trained network behind ME-Net's preprocessing.
+    """A trained network behind ME-Net's preprocessing (immutable).
 
     Attributes:
+      graphdef: the network's NNX graph definition.
+      state: the network's state (parameters and BatchNorm statistics), in eval mode.
       config: the run's full config.
       num_classes: number of classes.
+      inference_p: the observation probability of ME-Net inference.
+      step: the training step the state comes from.
 
     `network(x)` gives the bare network's logits; `defended(x, key)` runs ME-Net inference.
     Both take x [B,H,W,C] float32 in [0,1], are pure functions of their inputs and can be
-    used under `jax.jit` and `jax.grad`.
+    used under `jax.jit` and `jax.grad`. `dataclasses.replace(clf, state=...)` gives the same
+    classifier with other parameters.
     """
 
-    def __init__(self, model: nnx.Module, config: ml_collections.ConfigDict, num_classes: int):
+    graphdef: Any
+    state: Any
+    config: ml_collections.ConfigDict
+    num_classes: int
+    inference_p: float
+    step: int = 0
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nnx.Module,
+        config: ml_collections.ConfigDict,
+        num_classes: int,
+        *,
+        step: int = 0,
+        inference_p: float | None = None,
+    ) -> DefendedClassifier:
+        """Wraps `model` (switched to eval mode); inference_p defaults to the config's."""
         model.eval()
-        self.graphdef, self.state = nnx.split(model)
-        self.config = config
-        self.num_classes = num_classes
-        self._transform = me_transform(config.me)
-        self.inference_p = inference_p(config.me)
+        graphdef, state = nnx.split(model)
+        p = default_inference_p(config.me) if inference_p is None else float(inference_p)
+        return cls(graphdef, state, config, num_classes, p, int(step))
 
     def network(self, x: jax.Array) -> jax.Array:
         """Logits of the bare network (no preprocessing)."""
@@ -99,7 +124,7 @@ class DefendedClassifier:
     def preprocess(self, x: jax.Array, key: jax.Array, *, p=None, bpda: bool = False):
         """One fresh mask at p (default: the inference p) + ME; BPDA makes it straight-through."""
         p = self.inference_p if p is None else p
-        y = self._transform(key, x, p)
+        y = me_transform(self.config.me)(key, x, p)
         return straight_through(x, y) if bpda else y
 
     def defended(

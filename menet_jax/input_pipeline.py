@@ -1,6 +1,6 @@
 """Input pipeline: datasets as numpy arrays, the deterministic batch order, and augmentation.
 
-This module owns three things:
+This module owns:
 
 * Loading a split of a registered dataset into host memory as ``uint8 [N, H, W, C]`` images and
   ``int32 [N]`` labels (:func:`load_split`). CIFAR-10, MNIST and SVHN come from
@@ -10,8 +10,10 @@ This module owns three things:
 * The batch order (:func:`global_batch_indices`, :func:`local_batch_indices`): a pure function of
   (seed, step), so a resumed run sees exactly the batches of an uninterrupted one, and every
   process of a multi-host run takes its own contiguous slice of the same global batch.
-* Augmentation (:func:`augment`): pad + random crop and horizontal flip (supplement Table 8),
-  in JAX, vmapped over the batch, run inside the jitted train step after ME.
+* Pixels (:func:`to_float`, ``uint8`` -> [0, 1]), padding a last short batch to the compiled
+  batch shape (:func:`pad_batch`), and augmentation (:func:`augment`): pad + random crop and
+  horizontal flip (supplement Table 8), in JAX, vmapped over the batch, run inside the jitted train
+  step after ME.
 """
 
 from __future__ import annotations
@@ -451,6 +453,18 @@ def to_float(images):
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {images.dtype}.")
     return images.astype(np.float32) / np.float32(255.0)
+
+
+def pad_batch(a: np.ndarray, size: int) -> np.ndarray:
+    """Pads a batch to ``size`` rows by repeating its last row (one compiled shape per size).
+
+    Callers keep the first ``len(a)`` results; the repeated rows are never counted.
+    """
+    if len(a) > size or len(a) == 0:
+        raise ValueError(f"cannot pad a batch of {len(a)} rows to {size}.")
+    if len(a) == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
 
 
 def augment_params(key: jax.Array, batch_size: int, *, pad: int = 4, flip: bool = True):

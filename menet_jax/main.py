@@ -23,7 +23,7 @@ def run(config, workdir: str, mode: str) -> None:
     """What `main` does, callable from a notebook cell."""
     import jax
 
-    from menet_jax import evaluate, train
+    from menet_jax import evaluation, train
 
     if jax.process_count() > 1:
         print(f"process {jax.process_index()} of {jax.process_count()}", file=sys.stderr)
@@ -35,7 +35,7 @@ def run(config, workdir: str, mode: str) -> None:
             f"summary in {workdir}/summary.json"
         )
     if mode in ("eval", "train_and_eval"):
-        report = evaluate.evaluate(config, workdir)
+        report = evaluation.evaluate(config, workdir)
         print(
             f"worst-case accuracy {report['worst_case']['accuracy']:.4f}; "
             f"report in {workdir}/results.md"

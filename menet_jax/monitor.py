@@ -1,4 +1,5 @@
-"""What a person watches and plots: progress bars with ETA, TensorBoard events, JSON lines."""
+"""What a person watches and plots: progress bars with ETA (`progress`), and scalars written to
+TensorBoard event files and JSON lines (`MetricWriter`)."""
 
 from __future__ import annotations
 

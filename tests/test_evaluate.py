@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from menet_jax import evaluate, sanity, train
+from menet_jax import evaluation, train
+from menet_jax.evaluation import checks, stats
 from tests.test_train import tiny_config
 
 N = 16  # every row runs on the same 16 examples, so one compile per attack
@@ -25,7 +26,7 @@ def eval_config(**overrides):
         ev[f"{key}_examples"] = N
     ev.eot_samples, ev.eot_steps = 2, 3
     ev.spsa_steps, ev.spsa_samples = 2, 8
-    ev.boundary_steps, ev.votes = 5, 3
+    ev.boundary_steps, c.me.votes = 5, 3
     return c
 
 
@@ -43,7 +44,7 @@ def me_report(workdirs):
     me_dir, vanilla_dir = workdirs
     c = eval_config()
     c.eval.source_workdir = vanilla_dir
-    return evaluate.evaluate(c, me_dir)
+    return evaluation.evaluate(c, me_dir)
 
 
 EXPECTED_ROWS = [
@@ -115,7 +116,7 @@ def test_vanilla_large_eps_pgd_and_missing_me(workdirs):
     c = eval_config()
     c.eval.attacks = "pgd,eot,vote,graybox,sanity"
     c.eval.eps, c.eval.step_size = 1.0, 0.5  # any image is reachable
-    r = evaluate.evaluate(c, workdirs[1])
+    r = evaluation.evaluate(c, workdirs[1])
     assert r["attacks"]["pgd_3"]["accuracy"] <= 1 / N
     assert r["checks"]["large_eps_near_chance"]["status"] == "PASS"
     for row in ("eot", "vote", "graybox", "no_me_pgd", "fixed_mask_pgd"):
@@ -130,7 +131,7 @@ def test_vanilla_large_eps_pgd_and_missing_me(workdirs):
 def test_clean_only_is_clean_only(workdirs):
     c = eval_config()
     c.eval.attacks = "clean"
-    r = evaluate.evaluate(c, workdirs[0])
+    r = evaluation.evaluate(c, workdirs[0])
     assert r["attacks"] == {} and r["worst_case"]["accuracy"] == r["clean"]["accuracy"]
 
 
@@ -138,25 +139,25 @@ def test_user_errors(workdirs, tmp_path):
     c = eval_config()
     c.eval.attacks = "pgd,foo"
     with pytest.raises(ValueError, match="config.eval.attacks"):
-        evaluate.evaluate(c, workdirs[0])
+        evaluation.evaluate(c, workdirs[0])
     c = eval_config()
     c.eval.eps_multipliers = (0.0, 2.0, 1.0)
     with pytest.raises(ValueError, match="eps_multipliers"):
-        evaluate.evaluate(c, workdirs[0])
+        evaluation.evaluate(c, workdirs[0])
     with pytest.raises(ValueError, match="does not exist"):
-        evaluate.evaluate(eval_config(), str(tmp_path / "nowhere"))
+        evaluation.evaluate(eval_config(), str(tmp_path / "nowhere"))
     # A source model of another dataset (same network shape, so it loads).
     other = str(tmp_path / "other")
     shutil.copytree(workdirs[1], other)
     with open(os.path.join(other, "config.json")) as f:
         cfg = json.load(f)
-    cfg["dataset"] = "mnist"
+    cfg["config"]["dataset"] = "mnist"
     with open(os.path.join(other, "config.json"), "w") as f:
         json.dump(cfg, f)
     c = eval_config()
     c.eval.source_workdir = other
     with pytest.raises(ValueError, match="source_workdir"):
-        evaluate.evaluate(c, workdirs[0])
+        evaluation.evaluate(c, workdirs[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,20 +173,20 @@ def test_majority_over_draws():
         ],
         bool,
     )
-    np.testing.assert_array_equal(sanity.majority(correct), [True, False, False, False, True])
+    np.testing.assert_array_equal(stats.majority(correct), [True, False, False, False, True])
     # R even: a tie is not a majority.
-    np.testing.assert_array_equal(sanity.majority(correct[:2]), [True, False, False, False, False])
+    np.testing.assert_array_equal(stats.majority(correct[:2]), [True, False, False, False, False])
     with pytest.raises(ValueError):
-        sanity.majority(np.ones(3, bool))
+        stats.majority(np.ones(3, bool))
 
 
 def test_wilson_interval_closed_form():
-    lo, hi = sanity.wilson(5, 10)
+    lo, hi = stats.wilson(5, 10)
     # Wilson (1927) for 5/10 at z = 1.96: 0.5 -/+ 1.96 sqrt(0.025 + 0.00960) / 1.38416.
     half = 1.96 * math.sqrt(0.25 / 10 + 1.96**2 / 400) / (1 + 1.96**2 / 10)
     assert lo == pytest.approx(0.5 - half) and hi == pytest.approx(0.5 + half)
     assert lo == pytest.approx(0.2366, abs=1e-4)
-    assert sanity.wilson(0, 10)[0] == 0.0 and sanity.wilson(0, 10)[1] == pytest.approx(0.2775, 1e-3)
+    assert stats.wilson(0, 10)[0] == 0.0 and stats.wilson(0, 10)[1] == pytest.approx(0.2775, 1e-3)
 
 
 def test_paired_comparison_noise_passes_and_real_gap_warns():
@@ -194,14 +195,14 @@ def test_paired_comparison_noise_passes_and_real_gap_warns():
     # Mask noise: each row flips 5% of the examples at random; the rates are equal.
     a = truth ^ (rng.random(1000) < 0.05)
     b = truth ^ (rng.random(1000) < 0.05)
-    assert sanity.not_greater(a, b) and sanity.not_greater(b, a) and sanity.same_rate(a, b)
+    assert stats.not_greater(a, b) and stats.not_greater(b, a) and stats.same_rate(a, b)
     # A clearly stronger attack b: 20% of a's correct examples fall.
     weaker = truth & (rng.random(1000) < 0.8)
-    assert not sanity.not_greater(truth, weaker) and not sanity.same_rate(truth, weaker)
-    assert sanity.not_greater(weaker, truth)
+    assert not stats.not_greater(truth, weaker) and not stats.same_rate(truth, weaker)
+    assert stats.not_greater(weaker, truth)
     # The paired bound is the McNemar one: var of the differences.
     d = truth.astype(float) - weaker.astype(float)
-    diff, half = sanity.paired_difference(truth, weaker)
+    diff, half = stats.paired_difference(truth, weaker)
     assert diff == pytest.approx(d.mean()) and half == pytest.approx(
         1.96 * d.std() / math.sqrt(1000)
     )
@@ -213,7 +214,7 @@ def test_worst_case_over_prefix_rows():
         "pgd": np.array([1, 0, 1, 1, 1], bool),
         "eot": np.array([0, 1], bool),  # ran on the first 2 examples only
     }
-    w = sanity.worst_case(rows, 5)
+    w = checks.worst_case(rows, 5)
     np.testing.assert_array_equal(w["correct"], [False, False, True, True, False])
     assert w["accuracy"] == 0.4
     assert w["by_subset"] == [
@@ -229,15 +230,15 @@ def test_checks_flag_a_broken_attack():
     pgd = np.ones(n, bool)
     rows = {"clean": np.ones(n, bool), "fgsm": fgsm, "pgd_40": pgd, "s0": np.ones(n, bool)}
     rows["s1"], rows["s2"] = fgsm, pgd
-    checks, skipped = sanity.compute_checks(
+    found, skipped = checks.compute_checks(
         rows, main_pgd="pgd_40", sweep=[(0, "s0"), (1, "s1"), (2, "s2")], num_classes=10,
         blackbox=[], zero_gradient=0.5, randomness={"pred_varies": 0.0, "logits_vary": 0.0},
         uses_me=True,
     )  # fmt: skip
-    assert checks["pgd_at_least_fgsm"]["status"] == "WARN"
-    assert checks["monotone_in_eps"]["status"] == "WARN"
-    assert checks["large_eps_near_chance"]["status"] == "WARN"
-    assert checks["zero_gradient"]["status"] == "WARN"
-    assert checks["randomness"]["status"] == "WARN"  # an ME-Net whose draws never differ
-    assert checks["eps0_unchanged"]["status"] == "PASS"
+    assert found["pgd_at_least_fgsm"]["status"] == "WARN"
+    assert found["monotone_in_eps"]["status"] == "WARN"
+    assert found["large_eps_near_chance"]["status"] == "WARN"
+    assert found["zero_gradient"]["status"] == "WARN"
+    assert found["randomness"]["status"] == "WARN"  # an ME-Net whose draws never differ
+    assert found["eps0_unchanged"]["status"] == "PASS"
     assert "blackbox_weaker_than_whitebox" in skipped and "eot_at_least_bpda" in skipped

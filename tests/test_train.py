@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from menet_jax import checkpoint, defense, me, train
-from menet_jax.validation import ConfigError, load_config, validate_config
+from menet_jax import checkpoint, defense, me, sprime, state, train
+from menet_jax.config import ConfigError, load_config
+from menet_jax.config import validate as validate_config
+from menet_jax.evaluation.settings import validate_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["cifar10", "mnist", "svhn", "tiny_imagenet", "mnist_demo"]
@@ -104,7 +106,7 @@ def test_unknown_variant_is_an_error():
 def test_learning_rate_decays_at_epoch_boundaries():
     c = tiny_config(num_train_examples=64, batch_size=32, **{"me.num_masks": 2})
     c.lr_boundaries_epochs = (2, 3)  # one epoch = 64 * 2 / 32 = 4 steps
-    sched = train.learning_rate_schedule(c, 64)
+    sched = state.learning_rate_schedule(c, 64)
     lr = c.learning_rate
     np.testing.assert_allclose(
         [sched(7), sched(8), sched(11), sched(12)], [lr, lr * 0.1, lr * 0.1, lr * 0.01], rtol=1e-6
@@ -115,16 +117,16 @@ def test_sprime_offline_equals_online_reconstruction(tmp_path):
     """Offline S' holds exactly what the online step reconstructs for the same (i, k)."""
     c = tiny_config(num_train_examples=12, **{"me.num_masks": 3, "me.build_batch_size": 5})
     data = train.load_data(c)
-    sprime = train.build_sprime(c, data, str(tmp_path))
-    assert sprime.shape == (36, 28, 28, 1) and sprime.dtype == np.uint8
+    cached = sprime.build(c, data.train_images, str(tmp_path))
+    assert cached.shape == (36, 28, 28, 1) and cached.dtype == np.uint8
     e = np.array([0, 4, 17, 35])
     i, k = e // 3, e % 3
-    online = train.reconstruct_examples(
+    online = sprime.reconstruct_examples(
         c.me, c.seed, jnp.asarray(data.train_images[i], jnp.float32) / 255.0, i, k
     )
     online_u8 = np.round(np.asarray(online) * 255.0)
     np.testing.assert_allclose(np.asarray(online) * 255.0, online_u8, atol=1e-3)  # on the grid
-    np.testing.assert_array_equal(online_u8, sprime[e].astype(np.float32))
+    np.testing.assert_array_equal(online_u8, cached[e].astype(np.float32))
     # The masks follow the documented keys and schedule: copy k observes about p_k of the pixels.
     ps = defense.training_ps(c.me)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed), 5), 2)
@@ -133,11 +135,11 @@ def test_sprime_offline_equals_online_reconstruction(tmp_path):
         jnp.asarray(data.train_images[5:6], jnp.float32) / 255.0, mask[None], method="usvt"
     )
     np.testing.assert_allclose(
-        sprime[5 * 3 + 2].astype(np.float32), np.round(np.asarray(expected[0]) * 255), atol=1.0
+        cached[5 * 3 + 2].astype(np.float32), np.round(np.asarray(expected[0]) * 255), atol=1.0
     )
     # A second call reuses the cache instead of rebuilding.
     mtime = os.path.getmtime(next(p for p in tmp_path.glob("sprime/*.npy")))
-    train.build_sprime(c, data, str(tmp_path))
+    sprime.build(c, data.train_images, str(tmp_path))
     assert os.path.getmtime(next(p for p in tmp_path.glob("sprime/*.npy"))) == mtime
 
 
@@ -299,6 +301,6 @@ def test_adversarial_training_step_trains_on_pgd_examples(tmp_path):
 def test_eval_settings_are_validated_before_training(tmp_path):
     with pytest.raises(ValueError, match="config.eval.attacks"):
         train.train_and_evaluate(tiny_config(**{"eval.attacks": "pgd,laser"}), str(tmp_path))
-    with pytest.raises(ValueError, match="config.eval.eot_steps"):
-        validate_config(tiny_config(**{"eval.eot_steps": 0}))
+    with pytest.raises(ConfigError, match="config.eval.eot_steps"):
+        validate_eval(tiny_config(**{"eval.eot_steps": 0}).eval)
     assert not os.path.exists(tmp_path / "checkpoints")

@@ -1,74 +1,19 @@
-"""Statistics and sanity checks of the evaluation report (SPEC section 6).
+"""The sanity checks of the evaluation report and the per-example worst case (docs/method.md §6).
 
-A randomised model is judged on R fixed evaluation draws; an example counts as correct when it is
-correct on a strict majority of them (`majority`). Comparisons between two attack rows are paired
-per example on the examples both rows ran on (rows always run on prefixes of the same test
-examples), with a two-sided normal bound on the mean paired difference (a McNemar-style test), so
-that mask noise alone does not raise a WARN. One-sample bounds use the Wilson score interval.
+Comparisons between two attack rows are paired per example on the examples both rows ran on (rows
+always run on prefixes of the same test examples), with `stats.paired_difference`, so that mask
+noise alone does not raise a WARN. One-sample bounds use the Wilson score interval.
 
 Every check is `{"status": "PASS" | "WARN", "value": ..., "detail": "..."}`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-
 import numpy as np
 
-Z = 1.96  # two-sided ~95%
+from menet_jax.evaluation.stats import not_greater, same_rate, wilson
+
 ZERO_GRADIENT_LIMIT = 0.05  # largest fraction of examples with an exactly-zero BPDA gradient
-
-
-def majority(correct: np.ndarray) -> np.ndarray:
-    """Per example, correct on a strict majority of the R draws.
-
-    Args:
-      correct: bool [R, N], correct[r, i] for draw r and example i.
-
-    Returns:
-      bool [N]; with R even a tie counts as not correct.
-    """
-    correct = np.asarray(correct, bool)
-    if correct.ndim != 2:
-        raise ValueError(f"correct must be [R, N], got shape {correct.shape}.")
-    return 2 * correct.sum(axis=0) > correct.shape[0]
-
-
-def wilson(k: int, n: int, *, z: float = Z) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k / n; (0, 1) when n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    phat = k / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> tuple[float, float]:
-    """Mean of a_i - b_i over paired bool outcomes and the half-width of its ~95% bound.
-
-    The variance is that of the paired differences (McNemar: only discordant pairs count).
-    """
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"a and b must be non-empty 1-D of one shape, got {a.shape}, {b.shape}.")
-    d = a.astype(np.float64) - b.astype(np.float64)
-    n = d.size
-    return float(d.mean()), float(z * math.sqrt(d.var() / n))
-
-
-def not_greater(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> bool:
-    """True unless accuracy `a` is significantly greater than accuracy `b` (paired)."""
-    diff, half = paired_difference(a, b, z=z)
-    return diff <= half
-
-
-def same_rate(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> bool:
-    """True unless the paired accuracies differ significantly (two-sided)."""
-    diff, half = paired_difference(a, b, z=z)
-    return abs(diff) <= half
 
 
 def _check(ok: bool, value, detail: str) -> dict:
@@ -270,104 +215,3 @@ def worst_case(rows: dict[str, np.ndarray], num_examples: int) -> dict:
         "by_subset": by_subset,
         "correct": ok,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# results.md
-
-
-def _fmt(v) -> str:
-    if v is None or v == "":
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def write_markdown(report: dict, path: str) -> None:
-    """Writes the report as a paper-style table of rows, then the checks, then the budgets."""
-    top5 = "top5" in report["clean"]
-    me = report.get("me", {})
-    lines = [
-        f"# ME-Net evaluation of `{report.get('workdir', '')}`",
-        "",
-        f"Model {report.get('model')} on {report.get('dataset')}, step {report.get('step')}; "
-        f"ME {me.get('method')} at inference p {_fmt(me.get('inference_p'))}. "
-        f"Randomised predictions judged on R = {report.get('eval_keys')} fixed evaluation draws "
-        "shared by every row (correct = correct on a strict majority of the draws).",
-        "",
-        "| Attack | Threat model | eps | Steps | Step size | Restarts | Samples | Examples "
-        "| Accuracy | 95% CI |" + (" Top-5 |" if top5 else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if top5 else ""),
-    ]
-    clean = report["clean"]
-    lo, hi = clean["ci95"]
-    lines.append(
-        f"| clean | none | 0 | | | | | {clean['examples']} | {clean['accuracy']:.2%} "
-        f"| {lo:.1%}-{hi:.1%} |" + (f" {clean['top5']:.2%} |" if top5 else "")
-    )
-    for name, a in report["attacks"].items():
-        p = a["params"]
-        samples = p.get("eot_samples", p.get("samples", p.get("votes", "")))
-        label = name if a.get("in_worst_case", True) else f"{name} *"
-        lo, hi = a["ci95"]
-        extra = ""
-        if "unbounded_success_rate" in a:
-            extra = (
-                f" (unbounded success {a['unbounded_success_rate']:.1%}, median L-inf "
-                f"{_fmt(a['median_linf_distance'])})"
-            )
-        lines.append(
-            f"| {label} | {a['threat']}{extra} | {_fmt(p.get('eps'))} | {_fmt(p.get('steps'))} "
-            f"| {_fmt(p.get('step_size'))} | {_fmt(p.get('restarts'))} | {_fmt(samples)} "
-            f"| {p['examples']} | {a['accuracy']:.2%} | {lo:.1%}-{hi:.1%} |"
-            + (f" {a['top5']:.2%} |" if top5 else "")
-        )
-    w = report["worst_case"]
-    lines += [
-        "",
-        "\\* sanity or inference-option row, not part of the worst case.",
-        "",
-        f"**Worst case** (per example, correct only if correct under every row that ran on it): "
-        f"**{w['accuracy']:.2%}** on {w['n']} examples. By subset (first n examples, every row "
-        "that covers them):",
-        "",
-        "| n | Worst-case accuracy | Rows |",
-        "|---|---|---|",
-    ]
-    for s in w["by_subset"]:
-        lines.append(f"| {s['n']} | {s['accuracy']:.2%} | {', '.join(s['rows'])} |")
-    lines += [
-        "",
-        "## Sanity checks",
-        "",
-        "| Check | Status | Value | Detail |",
-        "|---|---|---|---|",
-    ]
-    for name, c in report["checks"].items():
-        value = json.dumps(c["value"]) if not isinstance(c["value"], float) else _fmt(c["value"])
-        lines.append(f"| {name} | {c['status']} | {value} | {c['detail']} |")
-    skipped = report.get("skipped", {})
-    for kind in ("rows", "checks"):
-        for name, why in skipped.get(kind, {}).items():
-            lines.append(f"\nSkipped {kind[:-1]} `{name}`: {why}.")
-    b = report["budgets"]
-    lines += [
-        "",
-        "## Budgets",
-        "",
-        f"{b['examples']} test examples, {b['eval_keys']} evaluation draws, "
-        f"{b.get('total_seconds', 0):.0f} s in all.",
-        "",
-        "| Row | Examples | Steps | Samples | Seconds |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in b["rows"].items():
-        lines.append(
-            f"| {name} | {r['examples']} | {r['steps']} | {r['samples']} | {r['seconds']:.1f} |"
-        )
-    if "zero_gradient" in b:
-        z = b["zero_gradient"]
-        lines.append(f"| zero-gradient check | {z['examples']} | | | {z['seconds']:.1f} |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")

@@ -1,7 +1,8 @@
-"""The evaluation suite: every attack of the paper as a row, sanity checks, results.json/.md.
+"""The attack suite: every attack of the paper as a row, run on a trained run's checkpoint.
 
 `evaluate(config, workdir)` restores WORKDIR's classifier (model and ME from WORKDIR/config.json;
-the budgets from `config.eval`, plus `config.me.votes` / `config.me.inference_p` overrides) and
+the budgets from `config.eval`, the vote size `config.me.votes`, an optional
+`config.me.inference_p` override) and
 runs the rows of the groups named in `config.eval.attacks` on prefixes of the run's test split.
 
 Rows (threat model, what is attacked, how it is judged):
@@ -22,21 +23,20 @@ Rows (threat model, what is attacked, how it is judged):
   fixed_mask_pgd             PGD on and judged by the bare network; PGD and judging with one mask.
 
 Judging: R = eval.eval_keys fixed draws shared by every row; draw r masks example i with
-fold_in(fold_in(key(seed), STREAM_JUDGE), r) folded with i; an example is correct when correct on a
-strict majority of the draws. Attacks draw from fold_in(key(seed), STREAM_ATTACK) folded with the
-crc32 of the row's name, then the batch index; no attack sees a judging key.
+fold_in(rng.stream(seed, rng.JUDGE), r) folded with i; an example is correct when correct on a
+strict majority of the draws. Attacks draw from rng.named(rng.stream(seed, rng.ATTACK), row name),
+then the batch index; no attack sees a judging key. The statistics are `stats`, the checks and the
+worst case `checks`, results.md `report`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-import zlib
 from collections.abc import Callable
 
 import jax
@@ -45,13 +45,9 @@ import ml_collections
 import numpy as np
 from jax.tree_util import Partial
 
-from menet_jax import attacks, checkpoint, input_pipeline, sanity
-from menet_jax import reporting as mlog
-from menet_jax.validation import ME_ONLY, parse_attacks, validate_eval
-
-STREAM_ATTACK = 2**31 - 5
-STREAM_JUDGE = 2**31 - 6
-STREAM_SANITY = 2**31 - 7
+from menet_jax import attacks, checkpoint, input_pipeline, monitor, rng
+from menet_jax.evaluation import checks, report, stats
+from menet_jax.evaluation.settings import ME_ONLY, parse_attacks, validate_eval
 
 
 def _size(value: int, total: int) -> int:
@@ -70,9 +66,7 @@ class _Model:
         self.uses_me = clf.config.me.method != "none"
 
         def with_state(state):
-            c = copy.copy(clf)
-            c.state = state
-            return c
+            return dataclasses.replace(clf, state=state)
 
         def bpda(state, x, key):
             return with_state(state).defended(x, key, bpda=True)
@@ -207,7 +201,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
     if "network_only" in groups:
 
         def at_rec(x, k):
-            return model.at_rec(model.preprocess(model.state, x, jax.random.fold_in(k, 2**20)), x)
+            return model.at_rec(model.preprocess(model.state, x, rng.fixed_mask_key(k)), x)
 
         threat = "network-only (fixed ME(x))"
         pgd_row("network_only", "network_only", threat, n_all, _PerBatch(at_rec))
@@ -293,7 +287,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
             pgd_row("no_me_pgd", "sanity", "no ME (bare network)", n_sweep, model.network,
                     judge="network", worst=False)  # fmt: skip
         if model.uses_me:
-            fixed = _PerBatch(lambda x, k: model.fixed(jax.random.fold_in(k, 2**20)))
+            fixed = _PerBatch(lambda x, k: model.fixed(rng.fixed_mask_key(k)))
             pgd_row("fixed_mask_pgd", "sanity", "one fixed mask", n_sweep, fixed, judge="fixed",
                     worst=False)  # fmt: skip
     return rows, skipped, main_pgd
@@ -313,16 +307,10 @@ class _PerBatch:
 # Running
 
 
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    if len(a) == size:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
-
-
 def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) -> dict:
     x_all, y_all, judge_keys = data
     n, bs = row.n, min(batch_size, row.n)
-    row_key = jax.random.fold_in(keys["attack"], zlib.crc32(row.name.encode()) & 0x7FFFFFFF)
+    row_key = rng.named(keys["attack"], row.name)
     draws = len(judge_keys)
     out = {
         "correct": np.zeros((draws, n), bool),
@@ -333,16 +321,16 @@ def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) 
     advs, dist = [], np.zeros(n, np.float32)
     for b, start in enumerate(range(0, n, bs)):
         m = min(bs, n - start)
-        x = jnp.asarray(_pad(x_all[start : start + m], bs))
-        y = jnp.asarray(_pad(y_all[start : start + m], bs))
-        idx = jnp.asarray(_pad(np.arange(start, start + m, dtype=np.int32), bs))
+        x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
+        y = jnp.asarray(input_pipeline.pad_batch(y_all[start : start + m], bs))
+        idx = jnp.asarray(input_pipeline.pad_batch(np.arange(start, start + m, dtype=np.int32), bs))
         key = jax.random.fold_in(row_key, b)
         if row.reuse is not None:
-            x_adv = jnp.asarray(_pad(cache[row.reuse][start : start + m], bs))
+            x_adv = jnp.asarray(input_pipeline.pad_batch(cache[row.reuse][start : start + m], bs))
         else:
             x_adv = row.make(x, y, key)
         if row.judge == "fixed":
-            res = model.judges["fixed"](model.state, x_adv, y, jax.random.fold_in(key, 2**20))
+            res = model.judges["fixed"](model.state, x_adv, y, rng.fixed_mask_key(key))
         else:
             res = model.judges[row.judge](model.state, x_adv, y, idx, judge_keys)
         res = jax.device_get(res)
@@ -359,8 +347,8 @@ def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) 
             advs.append(np.asarray(x_adv)[:m])
     if row.name in cache:
         cache[row.name] = np.concatenate(advs)
-    out["majority"] = sanity.majority(out["correct"])
-    out["top5_majority"] = sanity.majority(out["top5"])
+    out["majority"] = stats.majority(out["correct"])
+    out["top5_majority"] = stats.majority(out["top5"])
     if row.bounded_eps is not None:
         found = ~out["majority"]  # misclassified, at any distance
         within = dist <= row.bounded_eps + 1e-6
@@ -378,8 +366,8 @@ def _zero_gradient(model: _Model, data, keys, batch_size: int) -> float:
     zero = np.zeros(n, bool)
     for b, start in enumerate(range(0, n, bs)):
         m = min(bs, n - start)
-        x = jnp.asarray(_pad(x_all[start : start + m], bs))
-        y = jnp.asarray(_pad(y_all[start : start + m], bs))
+        x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
+        y = jnp.asarray(input_pipeline.pad_batch(y_all[start : start + m], bs))
         k = jax.random.fold_in(keys["sanity"], b)
         zero[start : start + m] = np.asarray(model.grad_is_zero(model.state, x, y, k))[:m]
     return float(zero.mean())
@@ -402,7 +390,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Args:
       config: the evaluation config; `config.eval` gives the rows and budgets, `config.me.votes`
-        (> 0) and `config.me.inference_p` (> 0) override the run's inference options.
+        the size of the majority vote, `config.me.inference_p` (unless None) overrides the run's
+        inference p.
       workdir: a trained run's workdir.
 
     Returns:
@@ -416,9 +405,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"workdir {workdir!r} does not exist; train a model there first")
     clf = checkpoint.load(workdir)
     run = clf.config
-    if config.me.inference_p > 0:
-        clf.inference_p = float(config.me.inference_p)
-    votes = int(config.me.votes) if config.me.votes > 0 else int(ev.votes)
+    if config.me.inference_p is not None:
+        clf = dataclasses.replace(clf, inference_p=float(config.me.inference_p))
+    votes = int(config.me.votes)
     top5 = clf.num_classes > 10
     model = _Model(clf, votes=votes, top5=top5)
     source = None
@@ -427,14 +416,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     images, labels = input_pipeline.load_split(run.dataset, "test", data_dir=run.data_dir or None)
     n_all = _size(ev.num_examples, len(labels))
-    x_all = images[:n_all].astype(np.float32) / 255.0
+    x_all = input_pipeline.to_float(images[:n_all])
     y_all = labels[:n_all].astype(np.int32)
-    root = jax.random.key(run.seed)
-    keys = {
-        "attack": jax.random.fold_in(root, STREAM_ATTACK),
-        "sanity": jax.random.fold_in(root, STREAM_SANITY),
-    }
-    judge_root = jax.random.fold_in(root, STREAM_JUDGE)
+    keys = {"attack": rng.stream(run.seed, rng.ATTACK), "sanity": rng.stream(run.seed, rng.SANITY)}
+    judge_root = rng.stream(run.seed, rng.JUDGE)
     judge_keys = jax.vmap(lambda r: jax.random.fold_in(judge_root, r))(
         jnp.arange(int(ev.eval_keys), dtype=jnp.uint32)
     )
@@ -443,7 +428,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows, skipped, main_pgd = _plan(ev, groups, model, source, n_all)
     cache = {r.reuse: None for r in rows if r.reuse}
     results, seconds = {}, {}
-    bar = mlog.progress(total=len(rows), desc="attacks", unit="row", config=config)
+    bar = monitor.progress(total=len(rows), desc="attacks", unit="row", config=config)
     for row in rows:
         t0 = time.time()
         results[row.name] = _run_row(row, model, data, keys, cache, config.eval_batch_size)
@@ -459,7 +444,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         zero_grad = _zero_gradient(model, data, keys, config.eval_batch_size)
         seconds["zero_gradient"] = round(time.time() - t0, 2)
 
-    report = _build_report(
+    results_report = _build_report(
         rows,
         results,
         seconds,
@@ -471,7 +456,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         n_all=n_all,
         top5=top5,
     )
-    report.update(
+    results_report.update(
         workdir=os.path.abspath(workdir),
         step=int(clf.step),
         dataset=run.dataset,
@@ -480,13 +465,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         source_workdir=ev.source_workdir or None,
         eval_keys=int(ev.eval_keys),
     )
-    report["budgets"]["total_seconds"] = round(time.time() - t_start, 2)
+    results_report["budgets"]["total_seconds"] = round(time.time() - t_start, 2)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        sanity.write_markdown(report, os.path.join(workdir, "results.md"))
-    print(f"evaluation done in {report['budgets']['total_seconds']:.0f} s", file=sys.stderr)
-    return report
+            json.dump(results_report, f, indent=2)
+        report.write_markdown(results_report, os.path.join(workdir, "results.md"))
+    print(f"evaluation done in {results_report['budgets']['total_seconds']:.0f} s", file=sys.stderr)
+    return results_report
 
 
 def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_all, top5):
@@ -499,7 +484,7 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
         k = int(r["majority"].sum())
         entry = {
             "accuracy": round(k / row.n, 4),
-            "ci95": [round(v, 4) for v in sanity.wilson(k, row.n)],
+            "ci95": [round(v, 4) for v in stats.wilson(k, row.n)],
             "params": {**row.params, "examples": row.n, "eval_keys": int(ev.eval_keys)},
             "threat": row.threat,
             "group": row.group,
@@ -513,7 +498,7 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
     k = int(clean["majority"].sum())
     clean_out = {
         "accuracy": round(k / n_all, 4),
-        "ci95": [round(v, 4) for v in sanity.wilson(k, n_all)],
+        "ci95": [round(v, 4) for v in stats.wilson(k, n_all)],
         "examples": n_all,
     }
     if top5:
@@ -527,7 +512,7 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
     blackbox = ["graybox", "network_only", "spsa", "boundary"] + [
         name for name in majority if name.startswith("transfer_")
     ]
-    checks, skipped_checks = sanity.compute_checks(
+    found, skipped_checks = checks.compute_checks(
         majority,
         main_pgd=main_pgd,
         sweep=sweep,
@@ -537,7 +522,7 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
         randomness=randomness,
         uses_me=model.uses_me,
     )
-    worst = sanity.worst_case({r.name: majority[r.name] for r in rows if r.worst}, n_all)
+    worst = checks.worst_case({r.name: majority[r.name] for r in rows if r.worst}, n_all)
     worst.pop("correct")
     budgets = {
         "examples": n_all,
@@ -558,7 +543,7 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
         "clean": clean_out,
         "attacks": attacks_out,
         "worst_case": worst,
-        "checks": checks,
+        "checks": found,
         "budgets": budgets,
         "skipped": {"rows": skipped, "checks": skipped_checks},
     }

@@ -1,0 +1,372 @@
+"""The config schema of training and matrix estimation: every key's default beside its check.
+
+`configs/base.py` starts from `default_config()` and each dataset file overrides it; users override
+any key on the command line (`--config.me.method=softimpute`). `validate(config)` checks every
+training, `me` and `adv` value before any work starts (the `eval` section is checked by
+`menet_jax.evaluation.settings`). A key without a value is `None`, never a magic number; a choice
+between rules is a mode string. Every error is a `ConfigError` (a ValueError) of one sentence naming
+the key, the value and what is allowed; `main` prints it on one line and exits non-zero.
+
+A run's config is stored in WORKDIR/config.json as `{"schema_version": N, "config": {...}}`
+(`to_json` / `from_json`); a config.json written before schema versions existed (version 1) is
+upgraded on reading (`upgrade_v1`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+SCHEMA_VERSION = 2
+
+
+class ConfigError(ValueError):
+    """A config value is not allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One config key: its default, what values it allows, and what it means.
+
+    Attributes:
+      default: the default value; None means "not set" (see `doc` for what that selects).
+      allowed: the allowed values in words, for the error message (or a function giving them).
+      ok: True for an allowed value.
+      doc: what the key means.
+      kind: the value type of a key whose default is None (so the command line can set it).
+    """
+
+    default: Any
+    allowed: str | Callable[[], str]
+    ok: Callable[[Any], bool]
+    doc: str
+    kind: type | None = None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _in_unit(v) -> bool:  # (0, 1]
+    return _is_num(v) and 0 < v <= 1
+
+
+def _one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _registry(module: str, name: str) -> tuple[str, ...]:
+    """Names registered in menet_jax.<module>.<name> (imported lazily: the schema loads fast)."""
+    import importlib
+
+    return tuple(sorted(getattr(importlib.import_module(f"menet_jax.{module}"), name)))
+
+
+def _registered(module: str, name: str) -> tuple[Callable[[], str], Callable[[Any], bool]]:
+    """(allowed, ok) of a key whose value names an entry of a registry."""
+    return (
+        lambda: "one of " + ", ".join(_registry(module, name)),
+        lambda v: v in _registry(module, name),
+    )
+
+
+def _is_bool(v) -> bool:
+    return isinstance(v, bool)
+
+
+def _increasing_positive(v) -> bool:
+    v = tuple(v)
+    return all(_is_num(b) and b > 0 for b in v) and list(v) == sorted(v)
+
+
+POSITIVE_INT = "a positive integer"
+
+# The top-level training keys (supplement Table 8's common settings: docs/method.md §4).
+TRAIN: dict[str, Key] = {
+    "dataset": Key(
+        "cifar10",
+        *_registered("input_pipeline", "DATASETS"),
+        "dataset name (menet_jax.input_pipeline.DATASETS)",
+    ),
+    "data_dir": Key(
+        None,
+        "a path or None",
+        _optional(lambda v: isinstance(v, str) and v != ""),
+        "None: the tfds default data dir; Tiny-ImageNet: the folder holding tiny-imagenet-200",
+        str,
+    ),
+    "model": Key(
+        "resnet18",
+        *_registered("models", "MODELS"),
+        "network name (menet_jax.models.MODELS)",
+    ),
+    "num_train_examples": Key(
+        None,
+        "a positive integer or None",
+        _optional(_positive_int),
+        "None: the whole train split; else its first N (tests, quick looks)",
+        int,
+    ),
+    "num_epochs": Key(
+        200.0,
+        "a positive number",
+        lambda v: _is_num(v) and v > 0,
+        "epochs of S' (n*M examples) for ME-Net, of S (M) for the vanilla model",
+    ),
+    "batch_size": Key(256, POSITIVE_INT, _positive_int, "global batch over every device"),
+    "learning_rate": Key(0.1, "a positive number", lambda v: _is_num(v) and v > 0, "SGD rate"),
+    "lr_boundaries_epochs": Key(
+        (100, 150),
+        "positive and increasing epochs",
+        _increasing_positive,
+        "epochs at which the learning rate is multiplied by lr_decay_factor",
+    ),
+    "lr_decay_factor": Key(0.1, "in (0, 1]", _in_unit, "learning-rate decay factor"),
+    "momentum": Key(0.9, "in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1, "SGD momentum"),
+    "weight_decay": Key(
+        1e-4,
+        "a number >= 0",
+        lambda v: _is_num(v) and v >= 0,
+        "PyTorch-style L2 added to the gradient, as the authors' SGD does",
+    ),
+    "augment": Key(
+        True,
+        "True or False",
+        _is_bool,
+        "pad 4 + random crop + horizontal flip, applied after ME",
+    ),
+    "seed": Key(0, "an integer", _is_int, "the root of every random stream (menet_jax.rng)"),
+    "num_train_steps": Key(
+        None,
+        "a positive integer or None",
+        _optional(_positive_int),
+        "None: num_epochs worth of steps",
+        int,
+    ),
+    "checkpoint_every_steps": Key(2000, POSITIVE_INT, _positive_int, "checkpoint interval"),
+    "keep_checkpoints": Key(3, POSITIVE_INT, _positive_int, "checkpoints kept (latest N)"),
+    "log_every_steps": Key(100, POSITIVE_INT, _positive_int, "metrics interval"),
+    "eval_batch_size": Key(500, POSITIVE_INT, _positive_int, "batch of evaluation and attacks"),
+    "num_eval_examples": Key(
+        None,
+        "a positive integer or None",
+        _optional(_positive_int),
+        "test examples of the clean evaluation after training; None: the whole test split",
+        int,
+    ),
+    "progress_bar": Key(True, "True or False", _is_bool, "tqdm bars on stderr"),
+}
+
+# Matrix estimation (docs/method.md §2-3).
+ME: dict[str, Key] = {
+    "method": Key(
+        "usvt",
+        "none, usvt, softimpute or nucnorm",
+        _one_of("none", "usvt", "softimpute", "nucnorm"),
+        "the ME solver; none is the vanilla baseline",
+    ),
+    "channels": Key(
+        "concat",
+        "concat or separate",
+        _one_of("concat", "separate"),
+        "concat: the H x (W*C) matrix [R|G|B] (the paper); separate: ME per channel",
+    ),
+    "p_start": Key(0.8, "in (0, 1]", _in_unit, "first observation probability of the schedule"),
+    "p_end": Key(1.0, "in (0, 1]", _in_unit, "end of the observation-probability schedule"),
+    "num_masks": Key(10, POSITIVE_INT, _positive_int, "n: masked copies per training image"),
+    "include_end": Key(
+        False,
+        "True or False",
+        _is_bool,
+        "False: the paper's text (a + k(b-a)/n, k=0..n-1); True: the authors' code (k=1..n)",
+    ),
+    "mode": Key(
+        "offline",
+        "offline or online",
+        _one_of("offline", "online"),
+        "offline: build S' once, cached in the workdir; online: ME inside the train step",
+    ),
+    "build_batch_size": Key(
+        1024, POSITIVE_INT, _positive_int, "offline: images reconstructed per device call"
+    ),
+    "inference_p": Key(
+        None,
+        "in (0, 1] or None",
+        _optional(_in_unit),
+        "test-time p; None: the mean of the training p's (Algorithm 1)",
+        float,
+    ),
+    "votes": Key(
+        10,
+        POSITIVE_INT,
+        _positive_int,
+        "k: masks of the majority-vote classifier (supplement J), at the training p's",
+    ),
+    "rank_fraction": Key(
+        0.8, "in (0, 1]", _in_unit, "usvt rank rule: keep floor(rank_fraction * min(m, n))"
+    ),
+    "threshold": Key(
+        "rank",
+        "rank or chatterjee",
+        _one_of("rank", "chatterjee"),
+        "usvt: rank = the authors' coded rule; chatterjee = the textbook threshold",
+    ),
+    "shrinkage": Key(
+        None,
+        "a positive number or None",
+        _optional(lambda v: _is_num(v) and v > 0),
+        "softimpute lambda; None: sigma_max / 50 (fancyimpute)",
+        float,
+    ),
+    "max_iters": Key(100, POSITIVE_INT, _positive_int, "softimpute / nucnorm iteration cap"),
+    "tol": Key(
+        1e-3,
+        "a positive number",
+        lambda v: _is_num(v) and v > 0,
+        "softimpute relative-change stopping tolerance (nucnorm: its own default)",
+    ),
+    "accelerated": Key(
+        False,
+        "True or False",
+        _is_bool,
+        "softimpute: warm-started accelerated iterations (nucnorm always accelerates)",
+    ),
+    "mu": Key(1.0, "a positive number", lambda v: _is_num(v) and v > 0, "nucnorm weight"),
+}
+
+# Madry-style adversarial training through ME with BPDA (docs/method.md §3.5).
+ADV: dict[str, Key] = {
+    "enabled": Key(False, "True or False", _is_bool, "train on PGD examples"),
+    "eps": Key(8 / 255, "a positive number", lambda v: _is_num(v) and v > 0, "L-inf radius"),
+    "step_size": Key(2 / 255, "a positive number", lambda v: _is_num(v) and v > 0, "PGD step"),
+    "steps": Key(7, POSITIVE_INT, _positive_int, "PGD steps per training batch"),
+    "random_start": Key(True, "True or False", _is_bool, "start in the eps-ball"),
+}
+
+SECTIONS: dict[str, dict[str, Key]] = {"": TRAIN, "me": ME, "adv": ADV}
+
+
+def _section(keys: dict[str, Key]) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    for name, key in keys.items():
+        if key.default is None:
+            c[name] = config_dict.placeholder(key.kind)
+        else:
+            c[name] = key.default
+    return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The schema's defaults for the training, `me` and `adv` keys (no `eval` section)."""
+    c = _section(TRAIN)
+    c.me = _section(ME)
+    c.adv = _section(ADV)
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError on the first training, `me` or `adv` value that is not allowed."""
+    for prefix, keys in SECTIONS.items():
+        section = config[prefix] if prefix else config
+        for name, key in keys.items():
+            if name not in section:
+                raise ConfigError(f"config.{prefix + '.' if prefix else ''}{name} is missing")
+            value = section[name]
+            if not key.ok(value):
+                allowed = key.allowed() if callable(key.allowed) else key.allowed
+                path = f"{prefix}.{name}" if prefix else name
+                raise ConfigError(f"config.{path}={value!r} is not allowed; it must be {allowed}")
+    me = config.me
+    if me.p_start > me.p_end:
+        raise ConfigError(
+            f"config.me.p_start={me.p_start!r} must not exceed config.me.p_end={me.p_end!r}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The text of WORKDIR/config.json: the schema version and the whole config."""
+    return json.dumps(
+        {"schema_version": SCHEMA_VERSION, "config": json.loads(config.to_json())}, indent=2
+    )
+
+
+def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
+    """Parses a config.json of any known schema version (upgrading older ones).
+
+    Raises:
+      ConfigError: the text is not JSON, or its schema version is newer than this code's.
+    """
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} does not hold a config object")
+    version = data.get("schema_version", 1)
+    if version == 1:
+        data = upgrade_v1(data)
+    elif version == SCHEMA_VERSION:
+        data = data["config"]
+    else:
+        raise ConfigError(
+            f"{source} has config schema version {version!r}, newer than this menet-jax "
+            f"understands ({SCHEMA_VERSION}); upgrade menet-jax to read it"
+        )
+    return ml_collections.ConfigDict(data)
+
+
+def upgrade_v1(old: dict) -> dict:
+    """Converts a version-1 config (magic numbers for 'not set') to the current schema.
+
+    Version 1 wrote -1 for "all"/"default" (num_train_examples, num_train_steps,
+    num_eval_examples, me.inference_p, me.shrinkage), '' for the tfds default data dir and the
+    coded USVT rule (me.threshold), and kept the vote size in two keys (me.votes, eval.votes).
+    """
+    new = json.loads(json.dumps(old))  # a deep copy
+    for key in ("num_train_examples", "num_train_steps", "num_eval_examples"):
+        if new.get(key, -1) == -1:
+            new[key] = None
+    new["data_dir"] = new.get("data_dir") or None
+    me = new.get("me", {})
+    for key in ("inference_p", "shrinkage"):
+        if me.get(key, -1) <= 0:
+            me[key] = None
+    me["threshold"] = me.get("threshold") or "rank"
+    eval_votes = new.get("eval", {}).pop("votes", 10)
+    me["votes"] = me.get("votes") or eval_votes
+    return new
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:variant]` the way `--config=` does (for benchmarks, notebooks)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("menet_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -1,0 +1,12 @@
+"""The evaluation: the attack suite on a trained run, its statistics, checks and report.
+
+  report = menet_jax.evaluation.evaluate(config, workdir)   # results.json / results.md
+
+Modules: `suite` (the rows and the loop that runs them), `settings` (the row groups and the checks
+of the `eval` config keys), `stats` (binomial statistics), `checks` (sanity checks and the
+per-example worst case), `report` (results.md). The protocol is docs/method.md §5-6.
+"""
+
+from menet_jax.evaluation.suite import evaluate
+
+__all__ = ["evaluate"]

@@ -1,0 +1,137 @@
+"""S': the masked-and-reconstructed training set of Algorithm 1 (docs/method.md §3.2).
+
+Example e of an epoch stands for copy k = e % n of training image i = e // n, masked with the key
+`rng.example_keys(seed, i, k)` at p = schedule[k] and reconstructed by the configured ME solver,
+then rounded to the uint8 grid (the authors store S' as uint8). `reconstruct_examples` computes
+entries on the device (the online train step calls it inside jit); `build` computes all n*M of them
+once and caches them in WORKDIR/sprime/ as a memory-mapped .npy, resumable chunk by chunk.
+
+The cache file is named by a fingerprint of everything its content depends on (dataset, number of
+training images, seed, the ME settings and the cache format), so a cache made under other settings
+or by an older format is never reused: a new one is built beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from menet_jax import defense, input_pipeline, me, monitor, rng, state
+
+FORMAT = 2  # bump when the meaning of a cached entry changes
+# `me` keys that do not change what S' holds.
+_NOT_IN_FINGERPRINT = ("mode", "votes", "inference_p")
+
+
+def quantize(images: jax.Array) -> jax.Array:
+    """Rounds [0,1] images to the uint8 grid S' is stored on."""
+    return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0) / 255.0
+
+
+def reconstruct_examples(
+    me_config: ml_collections.ConfigDict,
+    seed: int,
+    images: jax.Array,
+    image_idx: jax.Array,
+    copy_idx: jax.Array,
+) -> jax.Array:
+    """S' entries for a batch: each image masked with its (i, k) key at p_k, then ME, quantized.
+
+    Args:
+      me_config: the `me` config section.
+      seed: the run's seed.
+      images: float [B,H,W,C] in [0,1], the training images i.
+      image_idx: int [B], the image indices i.
+      copy_idx: int [B], the copy indices k in [0, n).
+    """
+    ps = jnp.asarray(defense.training_ps(me_config))[copy_idx]
+    keys = rng.example_keys(seed, image_idx, copy_idx)
+    masks = jax.vmap(
+        lambda k, p: me.sample_mask(k, images.shape[1:], p, channels=me_config.channels)
+    )(keys, ps)
+    rec = me.reconstruct(
+        images,
+        masks,
+        method=me_config.method,
+        channels=me_config.channels,
+        **defense.solver_options(me_config),
+    )
+    return quantize(rec)
+
+
+def fingerprint(config: ml_collections.ConfigDict, num_train: int) -> str:
+    """A short hash of everything the cached S' of this run depends on."""
+    me_keys = {k: v for k, v in config.me.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+    keys = {
+        "format": FORMAT,
+        "dataset": config.dataset,
+        "num_train": num_train,
+        "seed": config.seed,
+        "me": me_keys,
+    }
+    return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build(config: ml_collections.ConfigDict, train_images: np.ndarray, workdir: str) -> np.ndarray:
+    """Builds (or reuses, or finishes) the cached S' [n*M,H,W,C] uint8 in WORKDIR/sprime/.
+
+    The build is written chunk by chunk into a memory-mapped file with a progress record, so a
+    build that was killed goes on where it stopped.
+
+    Args:
+      config: the run's config.
+      train_images: uint8 [M,H,W,C], the training images.
+      workdir: the run's workdir.
+
+    Returns:
+      S' as a read-only memory map.
+    """
+    n, num_train = state.num_copies(config), len(train_images)
+    shape = (n * num_train, *train_images.shape[1:])
+    folder = os.path.join(workdir, "sprime")
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, f"sprime-{fingerprint(config, num_train)}.npy")
+    if os.path.exists(final):
+        arr = np.load(final, mmap_mode="r")
+        if arr.shape == shape:
+            return arr
+    partial, progress = final + ".partial", final + ".progress"
+    done = 0
+    if os.path.exists(partial) and os.path.exists(progress):
+        with open(progress) as f:
+            done = int(json.load(f)["done"])
+        out = np.lib.format.open_memmap(partial, mode="r+")
+    else:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+
+    @jax.jit
+    def build_chunk(images_u8, image_idx, copy_idx):
+        x = input_pipeline.to_float(images_u8)
+        rec = reconstruct_examples(config.me, config.seed, x, image_idx, copy_idx)
+        return jnp.round(rec * 255.0).astype(jnp.uint8)
+
+    chunk = int(config.me.build_batch_size)
+    total = shape[0]
+    bar = monitor.progress(total=total, initial=done, desc="building S'", unit="img", config=config)
+    while done < total:
+        e = np.arange(done, min(done + chunk, total))
+        e_pad = input_pipeline.pad_batch(e, chunk)
+        i, k = e_pad // n, e_pad % n
+        rec = np.asarray(build_chunk(train_images[i], i, k))
+        out[done : done + len(e)] = rec[: len(e)]
+        done += len(e)
+        out.flush()
+        with open(progress, "w") as f:
+            json.dump({"done": done}, f)
+        bar.update(len(e))
+    bar.close()
+    del out
+    os.replace(partial, final)
+    os.remove(progress)
+    return np.load(final, mmap_mode="r")

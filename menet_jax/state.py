@@ -1,0 +1,63 @@
+"""The model and optimizer a config describes, and the learning-rate schedule.
+
+`create_model(config, info)` builds the configured network initialised from the run's seed;
+`create_optimizer(model, config, num_train)` the SGD of supplement Table 8 (docs/method.md §4).
+Training uses both; restoring a classifier for evaluation (`menet_jax.checkpoint.load`) uses only
+`create_model` and reads only the model's part of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+from flax import nnx
+
+from menet_jax import input_pipeline, models, rng
+
+
+def num_copies(config: ml_collections.ConfigDict) -> int:
+    """n: masked copies per training image (1 for the vanilla baseline)."""
+    return 1 if config.me.method == "none" else int(config.me.num_masks)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """Optimizer steps in one pass over S' (n*M examples; M for the vanilla model)."""
+    return (num_train * num_copies(config)) // config.batch_size
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """config.num_train_steps, or num_epochs worth of steps when it is None."""
+    if config.num_train_steps is not None:
+        return int(config.num_train_steps)
+    return int(round(config.num_epochs * steps_per_epoch(config, num_train)))
+
+
+def create_model(
+    config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo, *, seed: int | None = None
+) -> nnx.Module:
+    """The configured network, initialised from the run's seed (or `seed`)."""
+    seed = config.seed if seed is None else seed
+    return models.create_model(
+        config.model,
+        num_classes=info.num_classes,
+        input_shape=tuple(info.image_shape),
+        mean=info.mean,
+        std=info.std,
+        rngs=nnx.Rngs(params=rng.stream(seed, rng.INIT)),
+    )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int) -> optax.Schedule:
+    """The learning rate, multiplied by lr_decay_factor at each of lr_boundaries_epochs."""
+    per_epoch = max(steps_per_epoch(config, num_train), 1)
+    boundaries = {int(b * per_epoch): config.lr_decay_factor for b in config.lr_boundaries_epochs}
+    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+
+
+def create_optimizer(model, config: ml_collections.ConfigDict, num_train: int) -> nnx.Optimizer:
+    """SGD with momentum and PyTorch-style (coupled) weight decay, step-decayed learning rate."""
+    tx = optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(learning_rate_schedule(config, num_train), momentum=config.momentum),
+    )
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
