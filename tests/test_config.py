@@ -1,0 +1,114 @@
+"""The config schema: defaults pass their checks, bad values fail, config.json versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from menet_jax import checkpoint, config, sprime, train
+from menet_jax.config import ConfigError, load_config
+from menet_jax.evaluation.settings import validate_eval
+from tests.test_train import ROOT, tiny_config
+
+V1_FIXTURE = os.path.join(ROOT, "tests", "data", "config_v1_mnist_demo.json")
+
+
+def test_every_default_passes_its_own_check():
+    for prefix, keys in config.SECTIONS.items():
+        for name, key in keys.items():
+            assert key.ok(key.default), f"{prefix}.{name}={key.default!r}"
+            assert key.doc and (key.default is not None or key.kind is not None), name
+    config.validate(config.default_config())
+
+
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("num_train_examples", 0, "config.num_train_examples=0"),
+        ("num_train_steps", -1, "positive integer or None"),
+        ("me.inference_p", 1.5, "config.me.inference_p"),
+        ("me.shrinkage", -1.0, "config.me.shrinkage"),
+        ("me.threshold", "", "rank or chatterjee"),
+        ("me.votes", 0, "config.me.votes"),
+        ("momentum", 1.0, "config.momentum=1.0"),
+        ("lr_boundaries_epochs", (150, 100), "increasing"),
+        ("adv.steps", 0, "config.adv.steps"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(key, value, fragment):
+    c = tiny_config(**{key: value})
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        config.validate(c)
+
+
+def test_unset_keys_are_none_and_settable():
+    c = load_config(os.path.join(ROOT, "configs/mnist_demo.py"))
+    for key in ("num_train_examples", "num_train_steps", "num_eval_examples", "data_dir"):
+        assert c[key] is None, key
+    assert c.me.inference_p is None and c.me.shrinkage is None and c.me.threshold == "rank"
+    c.me.inference_p = 0.5  # a typed placeholder takes a value of its type ...
+    with pytest.raises(TypeError):
+        c.me.shrinkage = "large"  # ... and refuses another
+
+
+def test_v1_config_json_is_upgraded_to_the_current_meaning(tmp_path):
+    """A config.json written before schema versions (by menet-jax 0.1's demo config with
+    me.votes=0, eval.votes=7, me.shrinkage=2.5) reads as today's demo config with those
+    settings."""
+    shutil.copy(V1_FIXTURE, tmp_path / "config.json")
+    old = checkpoint.read_config(str(tmp_path))
+    expected = load_config(os.path.join(ROOT, "configs/mnist_demo.py"))
+    expected.me.votes, expected.me.shrinkage = 7, 2.5
+    assert old.to_dict() == json.loads(expected.to_json())
+    config.validate(old)
+    validate_eval(old.eval)
+
+
+def test_newer_or_broken_config_json_is_refused_in_one_sentence(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"schema_version": 99, "config": {}}))
+    with pytest.raises(checkpoint.CheckpointError, match="schema version 99.*upgrade menet-jax"):
+        checkpoint.read_config(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError, match="not valid JSON"):
+        checkpoint.read_config(str(tmp_path))
+
+
+def test_config_json_round_trip(tmp_path):
+    c = tiny_config(**{"me.inference_p": 0.45})
+    checkpoint.write_config(str(tmp_path), c)
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert on_disk["schema_version"] == config.SCHEMA_VERSION
+    back = checkpoint.read_config(str(tmp_path))
+    assert back.to_dict() == json.loads(c.to_json())
+
+
+def test_workdir_written_before_schema_versions_loads_and_resumes(tmp_path):
+    workdir = str(tmp_path)
+    train.train_and_evaluate(tiny_config(num_train_steps=3), workdir)
+    shutil.copy(V1_FIXTURE, tmp_path / "config.json")  # as menet-jax 0.1 left it
+    clf = checkpoint.load(workdir)
+    assert clf.step == 3 and clf.config.me.votes == 7
+    summary = train.train_and_evaluate(tiny_config(num_train_steps=4), workdir)
+    assert summary["resumed_from_step"] == 3
+    assert json.loads((tmp_path / "config.json").read_text())["schema_version"] == 2
+
+
+def test_sprime_cache_of_another_format_is_rebuilt_not_reused(tmp_path, monkeypatch):
+    c = tiny_config(num_train_examples=8, **{"me.num_masks": 2})
+    images = train.load_data(c).train_images
+    first = np.array(sprime.build(c, images, str(tmp_path)))
+    monkeypatch.setattr(sprime, "FORMAT", sprime.FORMAT + 1)
+    second = np.array(sprime.build(c, images, str(tmp_path)))
+    assert len(list((tmp_path / "sprime").glob("*.npy"))) == 2
+    np.testing.assert_array_equal(first, second)  # same settings, same content
+    # Settings that do not change S' keep the cache; ones that do give a new one.
+    c.me.votes, c.me.mode = 3, "online"
+    sprime.build(c, images, str(tmp_path))
+    assert len(list((tmp_path / "sprime").glob("*.npy"))) == 2
+    c.me.p_start = 0.5
+    sprime.build(c, images, str(tmp_path))
+    assert len(list((tmp_path / "sprime").glob("*.npy"))) == 3
