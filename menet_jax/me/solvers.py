@@ -401,7 +401,8 @@ def softimpute(
     init: jax.Array | None = None,
     lanes: int | None = None,
     svt: str = "tracked",
-) -> jax.Array:
+    return_iterations: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Soft-Impute (Mazumder, Hastie & Tibshirani 2010) with fancyimpute's semantics.
 
     Starting from the zero-filled matrix, repeat Z <- SVT_lambda(P_obs(A) + P_missing(Z)) until
@@ -436,16 +437,21 @@ def softimpute(
         batch sharded across them, XLA:CPU's thread pool deadlocked in the loop's all-reduce
         with "tracked" in 2 of 3 runs on 2 devices (0 of 2 on 8; "eigh": 0 of 3); use "eigh"
         there. GPUs and TPUs do not share that pool.
+      return_iterations: also return each matrix's iteration count.
 
     Returns:
-      [..., m, n] float32 estimate (observed entries equal to a).
+      [..., m, n] float32 estimate (observed entries equal to a); with return_iterations,
+      (estimate, iterations) where iterations [...] int32 counts the SVT steps each matrix took,
+      the one that met the stopping rule included (max_iters if it never did; 0 for a matrix
+      with no missing entry).
 
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("shrinkage", shrinkage)
     a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
-    return _softimpute(a, mask, shrinkage, init, **options)[0]
+    out, iterations = _softimpute(a, mask, shrinkage, init, **options)
+    return (out, iterations) if return_iterations else out
 
 
 _ITER_STATIC = ("max_iters", "tol", "accelerated", "lanes", "svt")
@@ -485,7 +491,8 @@ def nucnorm(
     init: jax.Array | None = None,
     lanes: int | None = None,
     svt: str = "tracked",
-) -> jax.Array:
+    return_iterations: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Nuclear-norm minimisation: argmin_X mu*||X||_* + ||P_obs(X - A)||_F^2.
 
     The authors solved this per image with cvxpy/SCS and returned X as is (observed entries
@@ -509,16 +516,20 @@ def nucnorm(
         float rounding), work set by the mean instead of the maximum iteration count (a
         throughput option for large batches on CPU).
       svt: "tracked" (default) or "eigh", as in `softimpute`.
+      return_iterations: also return each matrix's iteration count.
 
     Returns:
-      [..., m, n] float32 estimate X.
+      [..., m, n] float32 estimate X; with return_iterations, (X, iterations) where iterations
+      [...] int32 counts the proximal steps each matrix took, the one that met the stopping rule
+      included (max_iters if it never did).
 
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("mu", mu)
     a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
-    return _nucnorm(a, mask, mu, init, **options)[0]
+    out, iterations = _nucnorm(a, mask, mu, init, **options)
+    return (out, iterations) if return_iterations else out
 
 
 @functools.partial(jax.jit, static_argnames=_ITER_STATIC)
