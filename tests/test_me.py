@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from menet_jax import me
+from menet_jax.figures import photos
 
 M, N = 32, 96
 
@@ -113,8 +114,6 @@ def test_softimpute_matches_fancyimpute_loop():
 
 def photo_matrices(num, p=0.5, seed=0):
     """[R|G|B] 32x96 matrices of real photo crops in [-1, 1] and a Bernoulli(p) mask."""
-    from menet_jax.me import photos
-
     tiles = photos.photo_tiles(num, seed=seed).astype(np.float64) * 2 - 1
     a = np.concatenate([tiles[..., c] for c in range(3)], axis=-1)
     return a, bern(seed + 100, a.shape, p)
@@ -407,7 +406,7 @@ def test_grayscale_and_single_image(channels):
 
 
 def test_reconstruct_improves_photo_psnr():
-    img = me.photo_tiles(8, seed=1)
+    img = photos.photo_tiles(8, seed=1)
     mask = me.sample_mask(jax.random.key(4), img.shape, 0.5)
 
     def psnr(x):

@@ -1,8 +1,8 @@
-"""Smoke tests of the ME benchmark and the Fig. 9 picture (tiny sizes)."""
+"""Smoke tests of the ME benchmark (tiny sizes)."""
 
 import re
 
-from menet_jax.me import benchmark, show
+from menet_jax.me import benchmark
 
 
 def _values(text):
@@ -25,12 +25,3 @@ def test_benchmark_prints_name_value_lines(capsys):
     assert abs(two - one) < 0.01
     assert "jax_usvt_speedup_vs_numpy_machine" in vals
 
-
-def test_show_writes_png(tmp_path, capsys):
-    out = tmp_path / "fig9.png"
-    argv = ["--out", str(out), "--size", "16", "--p", "0.5", "--images", "astronaut,coffee"]
-    assert show.main(argv + ["--methods", "usvt,softimpute"]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    vals = _values(capsys.readouterr().out)
-    assert float(vals["psnr_softimpute_p0.5"]) > float(vals["psnr_grey_fill_p0.5"])
-    assert show.main(["--out", str(out), "--p", "1.5"]) == 2

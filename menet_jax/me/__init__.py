@@ -6,7 +6,6 @@ rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask
-from menet_jax.me.photos import PHOTO_NAMES, load_photo, photo_tiles
 from menet_jax.me.reconstruct import (
     METHODS,
     images_to_matrices,
@@ -26,9 +25,7 @@ from menet_jax.me.solvers import (
 __all__ = [
     "CHANNEL_MODES",
     "METHODS",
-    "PHOTO_NAMES",
     "images_to_matrices",
-    "load_photo",
     "mask_and_reconstruct",
     "matrices_to_images",
     "neighbour_fill",
@@ -36,7 +33,6 @@ __all__ = [
     "nucnorm_objective",
     "observed_fraction",
     "p_schedule",
-    "photo_tiles",
     "reconstruct",
     "sample_mask",
     "softimpute",

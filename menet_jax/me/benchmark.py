@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax.me import masks, photos, solvers
+from menet_jax.figures import photos
+from menet_jax.me import masks, solvers
 from menet_jax.me.reconstruct import images_to_matrices, matrices_to_images
 
 JAX_SOLVERS = {
@@ -44,9 +45,8 @@ BASELINE_OF = {
 
 
 def psnr(x: np.ndarray, y: np.ndarray) -> float:
-    """Mean over images of the PSNR (dB) between images in [0, 1]."""
-    mse = np.mean((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2, axis=(-2, -1))
-    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
+    """Mean PSNR (dB) of the image rows, the measure the recorded figures use."""
+    return photos.psnr(x, y, axis=(-2, -1))
 
 
 def to_images(est: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
