@@ -3,6 +3,10 @@
 mask = sample_mask(key, images.shape, p)          # 1 = observed
 rec = reconstruct(images, mask, method="usvt")    # [B, H, W, C] in [0, 1]
 rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True)
+
+Modules: `masks` (masks and p schedules), `solvers` (USVT, Soft-Impute, nuclear norm), `linalg`
+(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the preprocessing).
+Their speed is measured by `python -m menet_jax.bench me`.
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask
