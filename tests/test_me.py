@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from menet_jax import me
+from menet_jax.figures import photos
 
 M, N = 32, 96
 
@@ -113,8 +114,6 @@ def test_softimpute_matches_fancyimpute_loop():
 
 def photo_matrices(num, p=0.5, seed=0):
     """[R|G|B] 32x96 matrices of real photo crops in [-1, 1] and a Bernoulli(p) mask."""
-    from menet_jax.me import photos
-
     tiles = photos.photo_tiles(num, seed=seed).astype(np.float64) * 2 - 1
     a = np.concatenate([tiles[..., c] for c in range(3)], axis=-1)
     return a, bern(seed + 100, a.shape, p)
@@ -236,6 +235,66 @@ def test_nucnorm_within_1e3_of_cvxpy():
     assert (f - f_cvx) / f_cvx < 1e-3
 
 
+def ref_softimpute_iterations(a, mask, max_iters=100, tol=1e-3):
+    """How many SVT steps fancyimpute's loop (float64, exact sigma_max) takes to stop."""
+    obs = mask > 0
+    x = np.where(obs, a, 0.0).astype(np.float64)
+    lam = np.linalg.svd(x, compute_uv=False)[0] / 50
+    for k in range(1, max_iters + 1):
+        z = ref_svt(x, lam)
+        old = np.sqrt(np.sum(x[~obs] ** 2))
+        converged = old > 0 and np.sqrt(np.sum((x[~obs] - z[~obs]) ** 2)) / old < tol
+        x[~obs] = z[~obs]
+        if converged:
+            return k
+    return max_iters
+
+
+def ref_nucnorm_iterations(a, mask, mu=1.0, max_iters=100, tol=1e-3):
+    """Steps of plain float64 proximal gradient from the zero fill until ||dX|| <= tol ||X||."""
+    a0 = np.where(mask > 0, a, 0.0).astype(np.float64)
+    x = a0.copy()
+    for k in range(1, max_iters + 1):
+        z = ref_svt(np.where(mask > 0, a0, x), mu / 2)
+        if np.linalg.norm(z - x) <= tol * np.linalg.norm(x):
+            return k
+        x = z
+    return max_iters
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-2])
+def test_iteration_counts_match_float64_loops(tol):
+    a, mask = photo_matrices(6, seed=8)
+    for svt in ("tracked", "eigh"):
+        est, iters = me.softimpute(a * mask, mask, tol=tol, svt=svt, return_iterations=True)
+        want = [ref_softimpute_iterations(a[i] * mask[i], mask[i], tol=tol) for i in range(6)]
+        assert iters.shape == (6,) and iters.dtype == jnp.int32
+        # float32 vs float64 may cross the threshold one step apart on a borderline matrix.
+        assert np.max(np.abs(np.asarray(iters) - want)) <= 1
+        assert np.sum(np.asarray(iters) == want) >= 5
+        np.testing.assert_array_equal(est, me.softimpute(a * mask, mask, tol=tol, svt=svt))
+    _, iters = me.nucnorm(a * mask, mask, tol=tol, accelerated=False, return_iterations=True)
+    want = [ref_nucnorm_iterations(a[i], mask[i], tol=tol) for i in range(6)]
+    assert np.max(np.abs(np.asarray(iters) - want)) <= 1
+    assert np.sum(np.asarray(iters) == want) >= 5
+
+
+@pytest.mark.parametrize("solver", [me.softimpute, me.nucnorm])
+def test_iteration_counts_capped_and_lane_independent(solver):
+    a, mask = photo_matrices(5, seed=9)
+    mask[2] = 1.0  # nothing to estimate in one matrix
+    _, capped = solver(a * mask, mask, max_iters=3, return_iterations=True)
+    _, loose = solver(a * mask, mask, tol=1e-2, return_iterations=True)
+    _, tight = solver(a * mask, mask, tol=1e-3, return_iterations=True)
+    _, lanes = solver(a * mask, mask, tol=1e-3, lanes=2, return_iterations=True)
+    np.testing.assert_array_equal(capped, np.minimum(tight, 3))
+    assert np.all(np.asarray(loose) <= np.asarray(tight))
+    assert np.sum(np.asarray(loose) < np.asarray(tight)) >= 3
+    np.testing.assert_array_equal(lanes, tight)
+    if solver is me.softimpute:  # fancyimpute's rule: nothing missing, nothing to iterate
+        assert int(tight[2]) == 0
+
+
 def test_p_one_returns_input():
     a = np.random.default_rng(50).uniform(-1, 1, (2, M, N)).astype(np.float32)
     ones = np.ones_like(a)
@@ -347,7 +406,7 @@ def test_grayscale_and_single_image(channels):
 
 
 def test_reconstruct_improves_photo_psnr():
-    img = me.photo_tiles(8, seed=1)
+    img = photos.photo_tiles(8, seed=1)
     mask = me.sample_mask(jax.random.key(4), img.shape, 0.5)
 
     def psnr(x):

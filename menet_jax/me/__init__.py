@@ -3,10 +3,13 @@
 mask = sample_mask(key, images.shape, p)          # 1 = observed
 rec = reconstruct(images, mask, method="usvt")    # [B, H, W, C] in [0, 1]
 rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True)
+
+Modules: `masks` (masks and p schedules), `solvers` (USVT, Soft-Impute, nuclear norm), `linalg`
+(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the preprocessing).
+Their speed is measured by `python -m menet_jax.bench me`.
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask
-from menet_jax.me.photos import PHOTO_NAMES, load_photo, photo_tiles
 from menet_jax.me.reconstruct import (
     METHODS,
     images_to_matrices,
@@ -26,9 +29,7 @@ from menet_jax.me.solvers import (
 __all__ = [
     "CHANNEL_MODES",
     "METHODS",
-    "PHOTO_NAMES",
     "images_to_matrices",
-    "load_photo",
     "mask_and_reconstruct",
     "matrices_to_images",
     "neighbour_fill",
@@ -36,7 +37,6 @@ __all__ = [
     "nucnorm_objective",
     "observed_fraction",
     "p_schedule",
-    "photo_tiles",
     "reconstruct",
     "sample_mask",
     "softimpute",

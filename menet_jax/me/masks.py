@@ -1,4 +1,5 @@
-"""Random observation masks and the paper's observation-probability schedules."""
+"""Random observation masks (docs/method.md §2.2) and the paper's observation-probability
+schedules (docs/method.md §3.1)."""
 
 from collections.abc import Sequence
 from typing import Any

@@ -1,4 +1,4 @@
-"""Image <-> matrix layouts and ME-Net's reconstruction of masked images."""
+"""Image <-> matrix layouts and ME-Net's reconstruction of masked images (docs/method.md §2.1)."""
 
 from typing import Any
 

@@ -7,14 +7,20 @@ iterations, no host callbacks), so they can run inside a jitted training step. T
 solvers stop per matrix: a matrix that has converged is frozen while the rest of the batch keeps
 iterating in the same `lax.while_loop`.
 
-Semantics follow the ME-Net authors' code (see SPEC section 2):
+Semantics follow the ME-Net authors' code (docs/method.md §2):
 
-* `usvt`: rank-truncated SVD of the zero-filled matrix divided by the observed fraction.
+* `usvt`: rank-truncated SVD of the zero-filled matrix divided by the observed fraction
+  (docs/method.md §2.3).
 * `softimpute`: fancyimpute's SoftImpute (lambda = sigma_max / 50, <= 100 iterations, relative
   change on the missing entries < 1e-3), observed entries returned unchanged. `accelerated=True`
-  adds FISTA momentum with gradient-mapping restarts (same fixed point, fewer iterations).
+  adds FISTA momentum with gradient-mapping restarts (same fixed point, fewer iterations;
+  docs/method.md §2.4).
 * `nucnorm`: argmin_X mu*||X||_* + ||P_obs(X - A)||_F^2 (what the authors solved with cvxpy/SCS),
-  by accelerated proximal gradient (FISTA with restarts) on that objective.
+  by accelerated proximal gradient (FISTA with restarts) on that objective (docs/method.md §2.5).
+
+The iterative two can also return how many iterations each matrix took
+(`return_iterations=True`). How each iteration's singular-value thresholding is computed lives
+in `linalg`.
 """
 
 import functools
@@ -124,8 +130,8 @@ def usvt(
         threshold is None.
       threshold: None for the authors' rank rule; "chatterjee" for Chatterjee (2015)'s rule, keep
         singular values >= (2 + eta) * sqrt(max(m, n) * p_hat) (on raw [-1, 1] photo tiles at
-        p = 0.5 it keeps nothing on about two thirds of them: a grey image); or a positive
-        number, keep singular values >= that value.
+        p = 0.5 it often keeps none, i.e. returns a grey image); or a positive number, keep
+        singular values >= that value.
       eta: the Chatterjee rule's slack.
 
     Returns:
@@ -173,8 +179,8 @@ def neighbour_fill(a0: jax.Array, obs: jax.Array, *, sweeps: int = 1) -> jax.Arr
 
     Each entry gets the average of the observed entries in its 3x3 neighbourhood (0 where there
     are none; zero padding at the edges), then `sweeps` times the missing entries are replaced
-    by the 3x3 average of the filled matrix (one sweep saved accelerated Soft-Impute about a
-    tenth of its iterations on photo tiles; more sweeps did not help).
+    by the 3x3 average of the filled matrix. The accelerated solvers use one sweep: it saves
+    iterations, more sweeps did not save more (BENCHMARKS.md).
     """
 
     def box(x):
@@ -401,7 +407,8 @@ def softimpute(
     init: jax.Array | None = None,
     lanes: int | None = None,
     svt: str = "tracked",
-) -> jax.Array:
+    return_iterations: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Soft-Impute (Mazumder, Hastie & Tibshirani 2010) with fancyimpute's semantics.
 
     Starting from the zero-filled matrix, repeat Z <- SVT_lambda(P_obs(A) + P_missing(Z)) until
@@ -419,8 +426,8 @@ def softimpute(
       accelerated: add FISTA momentum with gradient-mapping restarts and warm-start the
         missing entries from `neighbour_fill` (the mean of their observed 3x3 neighbours,
         smoothed once). Same fixed point (the minimiser of
-        lambda*||Z||_* + 0.5*||P_obs(Z - A)||^2), reached in fewer iterations; on photo tiles
-        at p = 0.5 about 22 instead of 80 on average.
+        lambda*||Z||_* + 0.5*||P_obs(Z - A)||^2), reached in fewer iterations (about a quarter
+        as many on photo tiles, BENCHMARKS.md).
       init: optional [..., m, n] warm start for the missing entries (default zeros, or
         `neighbour_fill` when accelerated).
       lanes: if set and smaller than the batch, iterate only this many matrices at a time and
@@ -430,22 +437,27 @@ def softimpute(
       svt: how each iteration's singular-value thresholding is computed: "tracked" (default;
         matrix products only, the Gram eigenbasis carried from one iteration to the next and
         refreshed by rotations, see `linalg.tracked_svt`) or "eigh" (a fresh eigendecomposition
-        per iteration). Same algorithm and stopping rule; on photo tiles both stay within
-        ~1e-4 of a float64 run of fancyimpute's loop. Known limitation: on a CPU split into
-        several host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N) with the
-        batch sharded across them, XLA:CPU's thread pool deadlocked in the loop's all-reduce
-        with "tracked" in 2 of 3 runs on 2 devices (0 of 2 on 8; "eigh": 0 of 3); use "eigh"
-        there. GPUs and TPUs do not share that pool.
+        per iteration). Same algorithm and stopping rule; both stay close to a float64 run of
+        fancyimpute's loop (BENCHMARKS.md gives the errors). Known limitation: with the batch
+        sharded over several forced XLA:CPU host devices
+        (XLA_FLAGS=--xla_force_host_platform_device_count=N), "tracked" can deadlock in
+        XLA:CPU's all-reduce; use svt="eigh" there (GPUs and TPUs do not run on XLA:CPU's
+        thread pool).
+      return_iterations: also return each matrix's iteration count.
 
     Returns:
-      [..., m, n] float32 estimate (observed entries equal to a).
+      [..., m, n] float32 estimate (observed entries equal to a); with return_iterations,
+      (estimate, iterations) where iterations [...] int32 counts the SVT steps each matrix took,
+      the one that met the stopping rule included (max_iters if it never did; 0 for a matrix
+      with no missing entry).
 
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("shrinkage", shrinkage)
     a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
-    return _softimpute(a, mask, shrinkage, init, **options)[0]
+    out, iterations = _softimpute(a, mask, shrinkage, init, **options)
+    return (out, iterations) if return_iterations else out
 
 
 _ITER_STATIC = ("max_iters", "tol", "accelerated", "lanes", "svt")
@@ -485,7 +497,8 @@ def nucnorm(
     init: jax.Array | None = None,
     lanes: int | None = None,
     svt: str = "tracked",
-) -> jax.Array:
+    return_iterations: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Nuclear-norm minimisation: argmin_X mu*||X||_* + ||P_obs(X - A)||_F^2.
 
     The authors solved this per image with cvxpy/SCS and returned X as is (observed entries
@@ -500,7 +513,7 @@ def nucnorm(
       mu: nuclear-norm weight, a positive number or one per matrix.
       max_iters: iteration cap per matrix.
       tol: stop a matrix when ||X_new - X|| <= tol * ||X||. The default leaves the objective
-        within about 1e-4 (relative) of the optimum on photo tiles at p = 0.5.
+        well within 1e-3 (relative) of cvxpy's optimum on photo tiles (BENCHMARKS.md).
       accelerated: FISTA momentum and the `neighbour_fill` warm start (default); False = plain
         proximal gradient from the zero-filled matrix.
       init: optional [..., m, n] warm start for the missing entries.
@@ -509,16 +522,20 @@ def nucnorm(
         float rounding), work set by the mean instead of the maximum iteration count (a
         throughput option for large batches on CPU).
       svt: "tracked" (default) or "eigh", as in `softimpute`.
+      return_iterations: also return each matrix's iteration count.
 
     Returns:
-      [..., m, n] float32 estimate X.
+      [..., m, n] float32 estimate X; with return_iterations, (X, iterations) where iterations
+      [...] int32 counts the proximal steps each matrix took, the one that met the stopping rule
+      included (max_iters if it never did).
 
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("mu", mu)
     a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
-    return _nucnorm(a, mask, mu, init, **options)[0]
+    out, iterations = _nucnorm(a, mask, mu, init, **options)
+    return (out, iterations) if return_iterations else out
 
 
 @functools.partial(jax.jit, static_argnames=_ITER_STATIC)

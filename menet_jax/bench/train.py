@@ -9,9 +9,6 @@ on the pixels), so no dataset has to be prepared.
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,20 +17,27 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from menet_jax import input_pipeline, train
+from menet_jax.bench import common
+from menet_jax.me.reconstruct import METHODS
 from menet_jax.validation import load_config
 
 
-def _time_steps(step_fn, state, batch, steps: int) -> tuple[float, object]:
+def _time_steps(step_fn, state, batch, steps: int) -> float:
+    """Seconds for `steps` train steps after one compiling step."""
     state, m = step_fn(state, batch, jnp.asarray(0, jnp.int32))  # compile
     jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for s in range(1, steps + 1):
-        state, m = step_fn(state, batch, jnp.asarray(s, jnp.int32))
-    jax.block_until_ready(m)
-    return time.perf_counter() - t0, state
+
+    def run(state):
+        for s in range(1, steps + 1):
+            state, m = step_fn(state, batch, jnp.asarray(s, jnp.int32))
+        return m
+
+    seconds, _ = common.timed(run, state)
+    return seconds
 
 
 def jax_images_per_s(config, *, online: bool, steps: int) -> float:
+    """Images per second of the jitted train step (with ME inside it when `online`)."""
     info = input_pipeline.get_info(config.dataset)
     config = config.copy_and_resolve_references()
     config.adv.enabled = False
@@ -52,8 +56,7 @@ def jax_images_per_s(config, *, online: bool, steps: int) -> float:
         "copy_idx": (np.arange(b) % config.me.num_masks).astype(np.int32),
     }
     batch = train.to_global(batch, NamedSharding(mesh, P("data")))
-    seconds, _ = _time_steps(step_fn, state, batch, steps)
-    return b * steps / seconds
+    return b * steps / _time_steps(step_fn, state, batch, steps)
 
 
 def torch_images_per_s(config, *, steps: int) -> float | None:
@@ -91,37 +94,51 @@ def torch_images_per_s(config, *, steps: int) -> float | None:
         opt.step()
 
     step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return b * steps / (time.perf_counter() - t0)
+    seconds, _ = common.timed(lambda: [step() for _ in range(steps)])
+    return b * steps / seconds
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m menet_jax.bench train")
+def _parse(argv: list[str]):
+    """The options and the config; raises ValueError on a value the run cannot use."""
+    parser = common.Parser(prog="python -m menet_jax.bench train", description=__doc__)
     parser.add_argument("--config", default="configs/mnist_demo.py")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
-    parser.add_argument("--method", default="", help="ME method of the online step")
+    parser.add_argument("--method", default="", help=f"ME method of the online step, of {METHODS}")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    if args.steps < 1 or args.batch_size < 0:
+        raise common.UsageError(
+            f"--steps={args.steps} must be >= 1 and --batch_size={args.batch_size} >= 0."
+        )
+    if args.method and args.method not in METHODS:
+        raise common.UsageError(f"--method={args.method!r} must be one of {', '.join(METHODS)}.")
+    config = load_config(args.config)  # ConfigError (a ValueError) for a missing file
     if args.batch_size:
         config.batch_size = args.batch_size
     if args.method:
         config.me.method = args.method
-    device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-    print(f"device: {device}")
-    print(f"config: {args.config} model={config.model} batch={config.batch_size}")
+    return args, config
+
+
+def main(argv: list[str]) -> int:
+    """Runs the benchmark; returns a process exit code (2 for a bad option)."""
+    try:
+        args, config = _parse(argv)
+    except ValueError as e:
+        return common.fail(e)
+    _, count, kind = common.devices()
+    common.report("device", f"{count} x {kind}")
+    common.report("config", f"{args.config} model={config.model} batch={config.batch_size}")
     plain = jax_images_per_s(config, online=False, steps=args.steps)
-    print(f"train_images_per_s_no_me: {plain:.1f}")
+    common.report("train_images_per_s_no_me", f"{plain:.1f}")
     if config.me.method != "none":
         online = jax_images_per_s(config, online=True, steps=args.steps)
-        print(f"train_images_per_s_online_{config.me.method}: {online:.1f}")
-        print(f"online_me_share_of_step: {1 - online / plain:.3f}")
-        print(f"online_me_step_overhead: {plain / online - 1:.3f}")
+        common.report(f"train_images_per_s_online_{config.me.method}", f"{online:.1f}")
+        common.report("online_me_share_of_step", f"{1 - online / plain:.3f}")
+        common.report("online_me_step_overhead", f"{plain / online - 1:.3f}")
     if config.model == "lenet":
         ref = torch_images_per_s(config, steps=args.steps)
         if ref is not None:
-            print(f"torch_train_images_per_s_no_me: {ref:.1f}")
-            print(f"jax_over_torch_ratio: {plain / ref:.2f}")
+            common.report("torch_train_images_per_s_no_me", f"{ref:.1f}")
+            common.report("jax_over_torch_ratio", f"{plain / ref:.2f}")
     return 0

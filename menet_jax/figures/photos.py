@@ -1,4 +1,11 @@
-"""Small real-photo test images from scikit-image (shipped with the package, no download)."""
+"""Real photographs for figures and benchmarks, and the PSNR that scores reconstructions of them.
+
+The photos are the colour images bundled with scikit-image (no download). `load_photo` gives one
+as a small square image, `photo_tiles` random CIFAR-sized crops of them (the ME benchmark's and
+the ME tests' inputs), `psnr` how close a reconstruction is to the original.
+"""
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,3 +42,21 @@ def photo_tiles(num: int, *, size: int = 32, scale: int = 128, seed: int = 0) ->
         r, c = rng.integers(0, scale - size + 1, size=2)
         out[i] = ph[r : r + size, c : c + size]
     return out
+
+
+def psnr(x: np.ndarray, y: np.ndarray, *, axis: Sequence[int] = (-3, -2, -1)) -> float:
+    """Mean PSNR (dB) between arrays with values in [0, 1].
+
+    Args:
+      x, y: same-shape arrays, e.g. images [N, H, W, C].
+      axis: the axes one PSNR is measured over (10 log10(1 / MSE)); the PSNRs of all the
+        slices along the remaining axes are averaged. The default, one PSNR per image, is what
+        the Fig. 9 script prints. `python -m menet_jax.bench me` passes (-2, -1), one PSNR per
+        image row averaged over rows and images, the measure its recorded figures use.
+
+    Returns:
+      The mean PSNR (an MSE below 1e-12 counts as 1e-12, i.e. 120 dB).
+    """
+    diff = np.asarray(x, np.float64) - np.asarray(y, np.float64)
+    mse = np.mean(diff**2, axis=tuple(axis))
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))

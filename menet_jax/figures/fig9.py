@@ -1,6 +1,6 @@
 """A Fig. 9-like picture: photos masked at several p and rebuilt by each ME method.
 
-  python -m menet_jax.me.show --out fig9.png [--size 32] [--p 0.3,0.5,0.7]
+  python -m menet_jax.figures.fig9 --out fig9.png [--size 32] [--p 0.3,0.5,0.7]
 
 Rows are real photographs shipped with scikit-image; columns are the original, then for each p
 the masked image (missing entries black) and the reconstruction by each method. Prints the mean
@@ -13,16 +13,12 @@ import sys
 import jax
 import numpy as np
 
-from menet_jax.me import masks, photos
+from menet_jax.figures import photos
+from menet_jax.figures.photos import psnr
+from menet_jax.me import masks
 from menet_jax.me.reconstruct import reconstruct
 
 DEFAULT_METHODS = ("usvt", "softimpute", "nucnorm")
-
-
-def psnr(x: np.ndarray, y: np.ndarray) -> float:
-    """Mean PSNR (dB) over images in [0, 1]."""
-    mse = np.mean((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
 
 
 def make_grid(images, ps, methods, *, seed=0, channels="concat"):
@@ -70,7 +66,7 @@ def save_grid(path: str, cols, titles, row_names) -> None:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m menet_jax.me.show", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m menet_jax.figures.fig9", description=__doc__)
     ap.add_argument("--out", default="fig9.png", help="output PNG path")
     ap.add_argument("--size", type=int, default=32, help="image side (32 = CIFAR)")
     ap.add_argument("--p", default="0.3,0.5,0.7", help="comma-separated observation probabilities")

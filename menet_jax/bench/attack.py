@@ -10,13 +10,11 @@ USVT and classifies it, with BPDA (the backward pass treats ME as the identity).
   python -m menet_jax.bench attack --models=lenet --steps=40 --batch=256
 """
 
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 
 from menet_jax.attacks.pgd import pgd
+from menet_jax.bench import common
 
 # name -> (model name, input shape, classes, mean, std, eps, step size)
 _SETUPS = {
@@ -75,12 +73,8 @@ def _measure(name: str, *, steps: int, batch: int, p: float, seed: int) -> dict[
     def run(key):
         return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps)
 
-    start = time.perf_counter()
-    run(jax.random.key(seed + 1)).block_until_ready()
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    run(jax.random.key(seed + 2)).block_until_ready()
-    second = time.perf_counter() - start
+    first, _ = common.timed(run, jax.random.key(seed + 1))
+    second, _ = common.timed(run, jax.random.key(seed + 2))
     return {
         "steps_x_images_per_s": steps * batch / second,
         "seconds": second,
@@ -88,9 +82,9 @@ def _measure(name: str, *, steps: int, batch: int, p: float, seed: int) -> dict[
     }
 
 
-def main(argv: list[str]) -> int:
-    """Runs the benchmark; returns a process exit code."""
-    parser = argparse.ArgumentParser(
+def _parse(argv: list[str]):
+    """The options and the model names; raises ValueError on a value the run cannot use."""
+    parser = common.Parser(
         prog="python -m menet_jax.bench attack", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--models", default="lenet,resnet18", help="comma-separated subset")
@@ -102,15 +96,30 @@ def main(argv: list[str]) -> int:
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in _SETUPS]
     if unknown or not names:
-        print(f"error: --models must be a subset of {','.join(_SETUPS)}, got {args.models!r}.")
-        return 2
+        raise common.UsageError(
+            f"--models must be a subset of {','.join(_SETUPS)}, got {args.models!r}."
+        )
     if args.steps < 1 or args.batch < 1 or not 0 < args.p <= 1:
-        print("error: --steps and --batch must be >= 1 and --p in (0, 1].")
-        return 2
-    print(f"attack/backend: {jax.default_backend()} ({jax.device_count()} devices)")
-    print(f"attack/config: steps={args.steps} batch={args.batch} p={args.p} me=usvt bpda=1")
+        raise common.UsageError(
+            f"--steps and --batch must be >= 1 and --p in (0, 1]; got --steps={args.steps} "
+            f"--batch={args.batch} --p={args.p}."
+        )
+    return args, names
+
+
+def main(argv: list[str]) -> int:
+    """Runs the benchmark; returns a process exit code (2 for a bad option)."""
+    try:
+        args, names = _parse(argv)
+    except ValueError as e:
+        return common.fail(e)
+    backend, count, _ = common.devices()
+    common.report("attack/backend", f"{backend} ({count} devices)")
+    common.report(
+        "attack/config", f"steps={args.steps} batch={args.batch} p={args.p} me=usvt bpda=1"
+    )
     for name in names:
         result = _measure(name, steps=args.steps, batch=args.batch, p=args.p, seed=args.seed)
         for key, value in result.items():
-            print(f"attack/bpda_pgd/{name}/{key}: {value:.2f}")
+            common.report(f"attack/bpda_pgd/{name}/{key}", f"{value:.2f}")
     return 0

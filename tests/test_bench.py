@@ -1,0 +1,86 @@
+"""Smoke tests of the benchmarks (tiny sizes): `name: value` lines; bad options exit with 2."""
+
+import re
+
+import pytest
+
+from menet_jax.bench import __main__ as bench_cli
+from menet_jax.bench import attack, me, train
+
+
+def _values(text):
+    return dict(re.findall(r"^(\S+): (.+)$", text, flags=re.M))
+
+
+def test_me_benchmark_prints_name_value_lines(capsys):
+    argv = ["--num-images", "6", "--batch", "4", "--baseline-images", "3", "--fancy-images", "2"]
+    argv += ["--cvxpy-images", "0", "--solvers", "usvt,softimpute_acc", "--workers", "2"]
+    assert me.main(argv) == 0
+    vals = _values(capsys.readouterr().out)
+    assert float(vals["jax_usvt_img_per_s"]) > 0
+    assert float(vals["jax_softimpute_acc_psnr"]) > float(vals["psnr_zero_fill"])
+    assert float(vals["numpy_usvt_img_per_s"]) > 0
+    assert "jax_usvt_speedup_vs_numpy" in vals
+    # Two processes, each solving half of the same matrices, give the same reconstructions.
+    assert float(vals["jax_softimpute_acc_img_per_s_2procs"]) > 0
+    assert float(vals["numpy_usvt_img_per_s_2procs"]) > 0  # fancyimpute: only in [bench]
+    two, one = float(vals["jax_softimpute_acc_psnr_2procs"]), float(vals["jax_softimpute_acc_psnr"])
+    assert abs(two - one) < 0.01
+    assert "jax_usvt_speedup_vs_numpy_machine" in vals
+    # The accuracy lines: an accelerated run takes at least one and at most 100 iterations.
+    assert 1 <= float(vals["jax_softimpute_acc_mean_iters_first6"]) <= 100
+
+
+def test_train_benchmark_prints_documented_keys(capsys):
+    argv = ["--config", "configs/mnist_demo.py", "--steps", "2", "--batch_size", "8"]
+    assert train.main(argv) == 0
+    vals = _values(capsys.readouterr().out)
+    assert vals["config"] == "configs/mnist_demo.py model=lenet batch=8"
+    plain = float(vals["train_images_per_s_no_me"])
+    online = float(vals["train_images_per_s_online_usvt"])
+    assert plain > 0 and online > 0
+    # The share and the overhead are the two documented ratios of the same two rates.
+    assert float(vals["online_me_share_of_step"]) == pytest.approx(1 - online / plain, abs=2e-3)
+    assert float(vals["online_me_step_overhead"]) == pytest.approx(plain / online - 1, abs=2e-3)
+
+
+def test_attack_benchmark_prints_documented_keys(capsys):
+    assert attack.main(["--models", "lenet", "--steps", "2", "--batch", "4"]) == 0
+    vals = _values(capsys.readouterr().out)
+    assert vals["attack/config"] == "steps=2 batch=4 p=0.5 me=usvt bpda=1"
+    for key in ("steps_x_images_per_s", "seconds", "first_call_seconds"):
+        assert float(vals[f"attack/bpda_pgd/lenet/{key}"]) > 0
+    assert "attack/bpda_pgd/resnet18/seconds" not in vals
+
+
+@pytest.mark.parametrize(
+    "main, argv, named",
+    [
+        (me.main, ["--solvers", "usvt,svd"], "--solvers='usvt,svd'"),
+        (me.main, ["--p", "1.5"], "--p=1.5"),
+        (me.main, ["--num-images", "x"], "'x'"),
+        (train.main, ["--steps", "0"], "--steps=0"),
+        (train.main, ["--method", "svd"], "--method='svd'"),
+        (train.main, ["--config", "configs/nope.py"], "configs/nope.py"),
+        (attack.main, ["--models", "vgg"], "'vgg'"),
+        (attack.main, ["--batch", "0"], "--batch=0"),
+        (attack.main, ["--unknown"], "--unknown"),
+        (bench_cli.main, ["profile"], "'profile'"),
+        (bench_cli.main, [], "nothing"),
+    ],
+)
+def test_bad_option_is_one_error_line_and_exit_code_2(main, argv, named, capsys):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and named in err
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "menet_jax.bench", "attack", "--p", "0"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.startswith("error: ") and "--p=0.0" in run.stderr
