@@ -40,6 +40,8 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclasses.dataclass
 class Data:
+    """A run's train and test splits in host memory."""
+
     info: input_pipeline.DatasetInfo
     train_images: np.ndarray  # uint8 [M,H,W,C]
     train_labels: np.ndarray  # int32 [M]
@@ -191,8 +193,7 @@ def evaluate_clean(
     bar = monitor.progress(total=num, desc="evaluating", unit="img", config=config)
     for b, start in enumerate(range(0, num, batch_size)):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        valid = input_pipeline.pad_batch(np.ones(len(y), np.float32), batch_size)
-        valid[len(y) :] = 0.0
+        valid = (np.arange(batch_size) < len(y)).astype(np.float32)
         x, y = input_pipeline.pad_batch(x, batch_size), input_pipeline.pad_batch(y, batch_size)
         res = batch_correct(x, y.astype(np.int32), valid, jax.random.fold_in(key, b))
         for name, v in res.items():

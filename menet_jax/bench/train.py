@@ -16,23 +16,23 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from menet_jax import input_pipeline, train
+from menet_jax import input_pipeline, state, train
 from menet_jax.bench import common
+from menet_jax.config import load_config
 from menet_jax.me.reconstruct import METHODS
-from menet_jax.validation import load_config
 
 
-def _time_steps(step_fn, state, batch, steps: int) -> float:
+def _time_steps(step_fn, train_state, batch, steps: int) -> float:
     """Seconds for `steps` train steps after one compiling step."""
-    state, m = step_fn(state, batch, jnp.asarray(0, jnp.int32))  # compile
+    train_state, m = step_fn(train_state, batch, jnp.asarray(0, jnp.int32))  # compile
     jax.block_until_ready(m)
 
-    def run(state):
+    def run(train_state):
         for s in range(1, steps + 1):
-            state, m = step_fn(state, batch, jnp.asarray(s, jnp.int32))
+            train_state, m = step_fn(train_state, batch, jnp.asarray(s, jnp.int32))
         return m
 
-    seconds, _ = common.timed(run, state)
+    seconds, _ = common.timed(run, train_state)
     return seconds
 
 
@@ -41,11 +41,11 @@ def jax_images_per_s(config, *, online: bool, steps: int) -> float:
     info = input_pipeline.get_info(config.dataset)
     config = config.copy_and_resolve_references()
     config.adv.enabled = False
-    model = train.create_model(config, info)
-    optimizer = train.create_optimizer(model, config, num_train=50_000)
-    graphdef, state = nnx.split((model, optimizer))
+    model = state.create_model(config, info)
+    optimizer = state.create_optimizer(model, config, num_train=50_000)
+    graphdef, train_state = nnx.split((model, optimizer))
     mesh = train.make_mesh()
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    train_state = jax.device_put(train_state, NamedSharding(mesh, P()))
     step_fn = train.make_train_step(config, graphdef, mesh, online=online)
     b = config.batch_size
     rng = np.random.default_rng(0)
@@ -56,7 +56,7 @@ def jax_images_per_s(config, *, online: bool, steps: int) -> float:
         "copy_idx": (np.arange(b) % config.me.num_masks).astype(np.int32),
     }
     batch = train.to_global(batch, NamedSharding(mesh, P("data")))
-    return b * steps / _time_steps(step_fn, state, batch, steps)
+    return b * steps / _time_steps(step_fn, train_state, batch, steps)
 
 
 def torch_images_per_s(config, *, steps: int) -> float | None:
