@@ -21,15 +21,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.losses import (
-    LogitsFn,
-    check_count,
-    check_inputs,
-    check_nonneg,
-    linf_distance,
-    merge_fn,
-    split_fn,
-)
+from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
+from menet_jax.attacks.linf import linf_distance
+from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 
 __all__ = ["boundary", "linf_distance"]
 

@@ -19,17 +19,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.losses import (
-    LOSSES,
-    LogitsFn,
-    attack_loss,
-    check_count,
-    check_inputs,
-    check_nonneg,
-    merge_fn,
-    project_linf,
-    split_fn,
-)
+from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
+from menet_jax.attacks.linf import project_linf
+from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
+from menet_jax.attacks.losses import LOSSES, attack_loss
 
 
 @partial(
