@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from menet_jax.attacks import boundary, fgsm, linf_distance, margin, pgd, spsa
-from menet_jax.attacks.losses import cross_entropy, cw_loss, project_linf
+from menet_jax.attacks.linf import project_linf
+from menet_jax.attacks.losses import cross_entropy, cw_loss
 
 SHAPE = (8, 8, 8, 1)  # B, H, W, C
 D = 64

@@ -195,8 +195,8 @@ SHAPE = (8, 8, 3)
 
 @functools.cache
 def _tiny_split(kind: str, seed: int, mean, std) -> tuple[nnx.GraphDef, nnx.State]:
-    # Building runs one XLA compile per distinct parameter shape (~0.3 s each on this CPU), so
-    # each model is built once and handed out as fresh copies.
+    # Building runs one XLA compile per distinct parameter shape, slow on CPU, so each model is
+    # built once and handed out as fresh copies.
     model = TINY[kind](num_classes=5, input_shape=SHAPE, mean=mean, std=std, rngs=nnx.Rngs(seed))
     return nnx.split(model)
 

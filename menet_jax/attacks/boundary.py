@@ -17,21 +17,36 @@ step t uses fold_in(k_walk, t).
 """
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.losses import (
-    LogitsFn,
-    check_count,
-    check_inputs,
-    check_nonneg,
-    linf_distance,
-    merge_fn,
-    split_fn,
-)
+from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
+from menet_jax.attacks.linf import linf_distance
+from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 
 __all__ = ["boundary", "linf_distance"]
+
+
+class _StepSizes(NamedTuple):
+    """Per-example step sizes [B] and the success records [B, window] they adapt from."""
+
+    spherical: jax.Array  # orthogonal step, relative to the distance to x
+    source: jax.Array  # step towards x, relative to the distance to x
+    spherical_record: jax.Array  # ring buffer: was the spherical proposal adversarial (1/0)
+    spherical_count: jax.Array  # records since the last change of the sizes, [B] int32
+    step_record: jax.Array  # ring buffer: was the full proposal adversarial (1/0)
+    step_count: jax.Array
+
+
+class _Walk(NamedTuple):
+    """The walk's carry: flat images [B, D], distances [B] and the step sizes."""
+
+    best: jax.Array  # the adversarial closest to x in L2: where the walk stands
+    best_linf: jax.Array  # the adversarial of smallest L-inf distance visited: the result
+    best_linf_d: jax.Array  # its L-inf distance to x
+    sizes: _StepSizes
 
 
 def _norm(v):
@@ -42,6 +57,166 @@ def _push(buffer, count, value):
     """Appends `value` [B] to per-example ring buffers [B, W] holding `count` [B] entries."""
     slot = jnp.arange(buffer.shape[1])[None, :] == (count % buffer.shape[1])[:, None]
     return jnp.where(slot, value[:, None], buffer), count + 1
+
+
+def _adversarial_fn(logits_fn, shape, y):
+    """`is_adv(flat_z [B, D], key) -> [B] bool`: is `logits_fn`'s argmax not the label."""
+
+    def is_adv(flat_z, k):
+        return jnp.argmax(logits_fn(flat_z.reshape(shape), k), axis=-1) != y
+
+    return is_adv
+
+
+def _noise_start(is_adv, flat_x, k_init, init_tries):
+    """Finds, per example, an adversarial start: x itself, else uniform noise.
+
+    Returns:
+      (clean_adv, found, noise): whether x itself is misclassified [B]; whether a start was
+      found, x or noise [B]; the first misclassified of up to `init_tries` uniform-noise
+      images [B, D] (zeros where none was tried or found).
+    """
+    clean_adv = is_adv(flat_x, jax.random.fold_in(k_init, 0))
+
+    def noise_cond(carry):
+        i, found, _ = carry
+        return (i < init_tries) & ~jnp.all(found)
+
+    def noise_body(carry):
+        i, found, noise = carry
+        k_noise, k_model = jax.random.split(jax.random.fold_in(k_init, i + 1))
+        candidate = jax.random.uniform(k_noise, flat_x.shape, jnp.float32)
+        new = is_adv(candidate, k_model) & ~found
+        return i + 1, found | new, jnp.where(new[:, None], candidate, noise)
+
+    _, found, noise = jax.lax.while_loop(
+        noise_cond, noise_body, (jnp.int32(0), clean_adv, jnp.zeros_like(flat_x))
+    )
+    return clean_adv, found, noise
+
+
+def _blend_towards_x(is_adv, flat_x, noise, clean_adv, found, k_search, init_search_steps):
+    """The walk's start: the adversarial blend (1 - a) x + a noise of smallest a found.
+
+    A binary search of `init_search_steps` steps on a; x itself where x is already adversarial
+    or no adversarial start was found.
+    """
+
+    def search_body(j, carry):
+        lo, hi = carry
+        mid = (lo + hi) / 2
+        adv = is_adv(
+            (1 - mid[:, None]) * flat_x + mid[:, None] * noise, jax.random.fold_in(k_search, j)
+        )
+        return jnp.where(adv, lo, mid), jnp.where(adv, mid, hi)
+
+    ones = jnp.ones((flat_x.shape[0],), jnp.float32)
+    _, alpha = jax.lax.fori_loop(0, init_search_steps, search_body, (0 * ones, ones))
+    alpha = jnp.where(clean_adv, 0.0, alpha)
+    return jnp.where(found[:, None], (1 - alpha[:, None]) * flat_x + alpha[:, None] * noise, flat_x)
+
+
+def _propose(flat_x, best, spherical_step, source_step, key):
+    """foolbox 3's draw_proposals, batched: an orthogonal step, then a step towards x.
+
+    The first is a random step orthogonal to x - best on the sphere around x, the second moves
+    towards x; both are relative to the current L2 distance.
+
+    Returns:
+      (dist, spherical, candidate): the distance |x - best| [B], the point after the
+      orthogonal step and the proposal after both steps, [B, D], clipped to [0, 1].
+    """
+    diff = flat_x - best
+    dist = _norm(diff)
+    safe_dist = jnp.where(dist > 0, dist, 1.0)
+    direction = diff / safe_dist[:, None]
+
+    eta = jax.random.normal(key, flat_x.shape, jnp.float32)
+    eta = eta - jnp.sum(eta * direction, axis=-1, keepdims=True) * direction
+    eta_norm = jnp.maximum(_norm(eta), 1e-12)
+    eta = eta * (spherical_step * dist / eta_norm)[:, None]
+    spherical = flat_x + (eta - diff) / jnp.sqrt(spherical_step**2 + 1)[:, None]
+    spherical = jnp.clip(spherical, 0.0, 1.0)
+    towards = flat_x - spherical
+    towards_norm = _norm(towards)
+    length = jnp.maximum(source_step * dist + towards_norm - dist, 0.0)
+    length = length / jnp.maximum(towards_norm, 1e-12)
+    candidate = jnp.clip(spherical + length[:, None] * towards, 0.0, 1.0)
+    return dist, spherical, candidate
+
+
+def _rate_rule(record, count, window, high, low, step_adaptation):
+    """foolbox 3's rule on one success record: the factor for a step size, and the new count.
+
+    Once `window` records exist, a success rate above `high` multiplies the step size by
+    `step_adaptation`, below `low` divides it, and a change restarts the count. Returns
+    (factor [B], count [B]).
+    """
+    full = count >= window
+    prob = jnp.mean(record, axis=-1)
+    up, down = full & (prob > high), full & (prob < low)
+    factor = jnp.where(up, step_adaptation, jnp.where(down, 1 / step_adaptation, 1.0))
+    return factor, jnp.where(up | down, 0, count)
+
+
+def _adapt(sizes, spherical_adv, step_adv, step_adaptation, spherical_window, step_window):
+    """Records one step's successes and adapts the step sizes.
+
+    The spherical proposal's success rate (> 0.5 or < 0.2) scales both sizes, the full
+    proposal's (> 0.25 or < 0.1) scales the source step only.
+    """
+    sph, src, sph_buf, sph_n, stp_buf, stp_n = sizes
+    sph_buf, sph_n = _push(sph_buf, sph_n, spherical_adv.astype(jnp.float32))
+    stp_buf, stp_n = _push(stp_buf, stp_n, step_adv.astype(jnp.float32))
+    factor, sph_n = _rate_rule(sph_buf, sph_n, spherical_window, 0.5, 0.2, step_adaptation)
+    sph, src = sph * factor, src * factor
+    factor, stp_n = _rate_rule(stp_buf, stp_n, step_window, 0.25, 0.1, step_adaptation)
+    src = src * factor
+    return _StepSizes(sph, src, sph_buf, sph_n, stp_buf, stp_n)
+
+
+def _initial_walk(start, flat_x, spherical_step, source_step, spherical_window, step_window):
+    """The walk's carry before step 0: standing at `start`, the initial sizes, empty records."""
+    batch = flat_x.shape[0]
+    ones = jnp.ones((batch,), jnp.float32)
+    zeros_n = jnp.zeros((batch,), jnp.int32)
+    sizes = _StepSizes(
+        spherical_step * ones,
+        source_step * ones,
+        jnp.zeros((batch, spherical_window), jnp.float32),
+        zeros_n,
+        jnp.zeros((batch, step_window), jnp.float32),
+        zeros_n,
+    )
+    return _Walk(start, start, jnp.max(jnp.abs(start - flat_x), axis=-1), sizes)
+
+
+def _walk_step(t, walk, *, is_adv, flat_x, found, k_walk, step_adaptation, stats_every, windows):
+    """Walk step t: propose, and keep the proposal if it is adversarial and closer in L2.
+
+    Also tracks the adversarial of smallest L-inf distance, and every `stats_every` steps
+    judges the spherical proposal (one more model call) and adapts the step sizes.
+    """
+    k_eta, k_cand, k_sph = jax.random.split(jax.random.fold_in(k_walk, t), 3)
+    sizes = walk.sizes
+    dist, spherical, candidate = _propose(flat_x, walk.best, sizes.spherical, sizes.source, k_eta)
+    # Examples without an adversarial start, already at x, or converged (source step below
+    # foolbox 3's source_step_convergance, 1e-7) stay where they are.
+    active = found & (dist > 0) & (sizes.source >= 1e-7)
+
+    cand_adv = is_adv(candidate, k_cand)
+    accept = active & cand_adv & (_norm(flat_x - candidate) < dist)
+    best = jnp.where(accept[:, None], candidate, walk.best)
+    cand_linf = jnp.max(jnp.abs(candidate - flat_x), axis=-1)
+    smaller = accept & (cand_linf < walk.best_linf_d)
+    best_linf = jnp.where(smaller[:, None], candidate, walk.best_linf)
+    best_linf_d = jnp.where(smaller, cand_linf, walk.best_linf_d)
+
+    def adapt(sizes):
+        return _adapt(sizes, is_adv(spherical, k_sph), cand_adv, step_adaptation, *windows)
+
+    sizes = jax.lax.cond((t + 1) % stats_every == 0, adapt, lambda s: s, sizes)
+    return _Walk(best, best_linf, best_linf_d, sizes)
 
 
 @partial(jax.jit, static_argnames=("fn_static", "spherical_window", "step_window"))
@@ -62,116 +237,25 @@ def _boundary(
     spherical_window,
     step_window,
 ):
-    logits_fn = merge_fn(fn_dynamic, fn_static)
     shape = x.shape
-    batch = shape[0]
-    flat_x = x.reshape(batch, -1)
-
-    def is_adv(flat_z, k):
-        return jnp.argmax(logits_fn(flat_z.reshape(shape), k), axis=-1) != y
-
+    flat_x = x.reshape(shape[0], -1)
+    is_adv = _adversarial_fn(merge_fn(fn_dynamic, fn_static), shape, y)
     k_init, k_search, k_walk = jax.random.split(key, 3)
-
-    # --- start: x itself if already misclassified, else uniform noise, then a binary search
-    # on the blend (1 - a) x + a noise for the smallest adversarial a.
-    clean_adv = is_adv(flat_x, jax.random.fold_in(k_init, 0))
-
-    def noise_cond(carry):
-        i, found, _ = carry
-        return (i < init_tries) & ~jnp.all(found)
-
-    def noise_body(carry):
-        i, found, noise = carry
-        k_noise, k_model = jax.random.split(jax.random.fold_in(k_init, i + 1))
-        candidate = jax.random.uniform(k_noise, flat_x.shape, jnp.float32)
-        new = is_adv(candidate, k_model) & ~found
-        return i + 1, found | new, jnp.where(new[:, None], candidate, noise)
-
-    _, found, noise = jax.lax.while_loop(
-        noise_cond, noise_body, (jnp.int32(0), clean_adv, jnp.zeros_like(flat_x))
+    clean_adv, found, noise = _noise_start(is_adv, flat_x, k_init, init_tries)
+    start = _blend_towards_x(is_adv, flat_x, noise, clean_adv, found, k_search, init_search_steps)
+    step = partial(
+        _walk_step,
+        is_adv=is_adv,
+        flat_x=flat_x,
+        found=found,
+        k_walk=k_walk,
+        step_adaptation=step_adaptation,
+        stats_every=stats_every,
+        windows=(spherical_window, step_window),
     )
-
-    def search_body(j, carry):
-        lo, hi = carry
-        mid = (lo + hi) / 2
-        adv = is_adv(
-            (1 - mid[:, None]) * flat_x + mid[:, None] * noise, jax.random.fold_in(k_search, j)
-        )
-        return jnp.where(adv, lo, mid), jnp.where(adv, mid, hi)
-
-    ones = jnp.ones((batch,), jnp.float32)
-    _, alpha = jax.lax.fori_loop(0, init_search_steps, search_body, (0 * ones, ones))
-    alpha = jnp.where(clean_adv, 0.0, alpha)
-    start = jnp.where(
-        found[:, None], (1 - alpha[:, None]) * flat_x + alpha[:, None] * noise, flat_x
-    )
-
-    # --- the walk (foolbox 3's draw_proposals and step-size adaptation).
-    def walk(t, carry):
-        best, best_linf, best_linf_d, sph, src, sph_buf, sph_n, stp_buf, stp_n = carry
-        k_eta, k_cand, k_sph = jax.random.split(jax.random.fold_in(k_walk, t), 3)
-        diff = flat_x - best
-        dist = _norm(diff)
-        active = found & (dist > 0) & (src >= 1e-7)
-        safe_dist = jnp.where(dist > 0, dist, 1.0)
-        direction = diff / safe_dist[:, None]
-
-        eta = jax.random.normal(k_eta, flat_x.shape, jnp.float32)
-        eta = eta - jnp.sum(eta * direction, axis=-1, keepdims=True) * direction
-        eta_norm = jnp.maximum(_norm(eta), 1e-12)
-        eta = eta * (sph * dist / eta_norm)[:, None]
-        spherical = flat_x + (eta - diff) / jnp.sqrt(sph**2 + 1)[:, None]
-        spherical = jnp.clip(spherical, 0.0, 1.0)
-        towards = flat_x - spherical
-        towards_norm = _norm(towards)
-        length = jnp.maximum(src * dist + towards_norm - dist, 0.0)
-        length = length / jnp.maximum(towards_norm, 1e-12)
-        candidate = jnp.clip(spherical + length[:, None] * towards, 0.0, 1.0)
-
-        cand_adv = is_adv(candidate, k_cand)
-        accept = active & cand_adv & (_norm(flat_x - candidate) < dist)
-        best = jnp.where(accept[:, None], candidate, best)
-        cand_linf = jnp.max(jnp.abs(candidate - flat_x), axis=-1)
-        smaller = accept & (cand_linf < best_linf_d)
-        best_linf = jnp.where(smaller[:, None], candidate, best_linf)
-        best_linf_d = jnp.where(smaller, cand_linf, best_linf_d)
-
-        def adapt(state):
-            sph, src, sph_buf, sph_n, stp_buf, stp_n = state
-            sph_adv = is_adv(spherical, k_sph).astype(jnp.float32)
-            sph_buf, sph_n = _push(sph_buf, sph_n, sph_adv)
-            stp_buf, stp_n = _push(stp_buf, stp_n, cand_adv.astype(jnp.float32))
-            full = sph_n >= spherical_window
-            prob = jnp.mean(sph_buf, axis=-1)
-            up, down = full & (prob > 0.5), full & (prob < 0.2)
-            factor = jnp.where(up, step_adaptation, jnp.where(down, 1 / step_adaptation, 1.0))
-            sph, src = sph * factor, src * factor
-            sph_n = jnp.where(up | down, 0, sph_n)
-            full = stp_n >= step_window
-            prob = jnp.mean(stp_buf, axis=-1)
-            up, down = full & (prob > 0.25), full & (prob < 0.1)
-            src = src * jnp.where(up, step_adaptation, jnp.where(down, 1 / step_adaptation, 1.0))
-            stp_n = jnp.where(up | down, 0, stp_n)
-            return sph, src, sph_buf, sph_n, stp_buf, stp_n
-
-        state = (sph, src, sph_buf, sph_n, stp_buf, stp_n)
-        state = jax.lax.cond((t + 1) % stats_every == 0, adapt, lambda s: s, state)
-        return (best, best_linf, best_linf_d, *state)
-
-    zeros_n = jnp.zeros((batch,), jnp.int32)
-    init = (
-        start,
-        start,
-        jnp.max(jnp.abs(start - flat_x), axis=-1),
-        spherical_step * ones,
-        source_step * ones,
-        jnp.zeros((batch, spherical_window), jnp.float32),
-        zeros_n,
-        jnp.zeros((batch, step_window), jnp.float32),
-        zeros_n,
-    )
-    _, best_linf, *_ = jax.lax.fori_loop(0, steps, walk, init)
-    return jnp.where(found[:, None], best_linf, flat_x).reshape(shape)
+    init = _initial_walk(start, flat_x, spherical_step, source_step, spherical_window, step_window)
+    walk = jax.lax.fori_loop(0, steps, step, init)
+    return jnp.where(found[:, None], walk.best_linf, flat_x).reshape(shape)
 
 
 def boundary(

@@ -5,15 +5,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.losses import (
-    LogitsFn,
-    check_inputs,
-    check_nonneg,
-    cross_entropy,
-    merge_fn,
-    project_linf,
-    split_fn,
-)
+from menet_jax.attacks.checks import check_inputs, check_nonneg
+from menet_jax.attacks.linf import project_linf
+from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
+from menet_jax.attacks.losses import cross_entropy
 
 
 @partial(jax.jit, static_argnames=("fn_static",))

@@ -19,17 +19,107 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.losses import (
-    LOSSES,
-    LogitsFn,
-    attack_loss,
-    check_count,
-    check_inputs,
-    check_nonneg,
-    merge_fn,
-    project_linf,
-    split_fn,
-)
+from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
+from menet_jax.attacks.linf import project_linf
+from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
+from menet_jax.attacks.losses import LOSSES, attack_loss
+
+
+def _loss_and_grad(example_losses, z, key):
+    """Per-example losses [B] at z and their gradients, [B, H, W, C]."""
+
+    # Examples are independent, so the gradient of the sum is the per-example gradient.
+    def total(zz):
+        per_example = example_losses(zz, key)
+        return jnp.sum(per_example), per_example
+
+    (_, per_example), grad = jax.value_and_grad(total, has_aux=True)(z)
+    return per_example, grad
+
+
+def _eot_loss_and_grad(example_losses, z, step_key, eot_samples):
+    """Losses and gradients averaged over `eot_samples` model keys split from `step_key`."""
+    keys = jax.random.split(step_key, eot_samples)
+    if eot_samples == 1:
+        return _loss_and_grad(example_losses, z, keys[0])
+
+    # A loop, not a vmap, so memory does not grow with eot_samples.
+    def body(i, acc):
+        per_example, grad = _loss_and_grad(example_losses, z, keys[i])
+        return acc[0] + per_example, acc[1] + grad
+
+    zeros = (jnp.zeros((z.shape[0],), jnp.float32), jnp.zeros_like(z))
+    total_loss, total_grad = jax.lax.fori_loop(0, eot_samples, body, zeros)
+    return total_loss / eot_samples, total_grad / eot_samples
+
+
+def _eot_loss(example_losses, z, step_key, eot_samples):
+    """Losses averaged over the same model keys as `_eot_loss_and_grad`, without gradients."""
+    keys = jax.random.split(step_key, eot_samples)
+    total = jax.lax.fori_loop(
+        0,
+        eot_samples,
+        lambda i, acc: acc + example_losses(z, keys[i]),
+        jnp.zeros((z.shape[0],), jnp.float32),
+    )
+    return total / eot_samples
+
+
+def _run(example_losses, x, k_run, eps, step_size, steps, *, eot_samples, keep_best, random_start):
+    """One PGD run (one restart) with its own key: signed EOT-gradient steps, projected.
+
+    Returns the last iterate, or with `keep_best` per example the iterate of highest mean loss
+    (the last one scored with the keys of step `steps`).
+    """
+    k_start, k_steps = jax.random.split(k_run)
+    x0 = x
+    if random_start:
+        x0 = x + jax.random.uniform(k_start, x.shape, jnp.float32, -eps, eps)
+    x0 = project_linf(x0, x, eps)
+
+    def step(t, carry):
+        z, best_z, best_loss = carry
+        per_example, grad = _eot_loss_and_grad(
+            example_losses, z, jax.random.fold_in(k_steps, t), eot_samples
+        )
+        if keep_best:
+            better = per_example > best_loss
+            best_z = jnp.where(better[:, None, None, None], z, best_z)
+            best_loss = jnp.where(better, per_example, best_loss)
+        z = project_linf(z + step_size * jnp.sign(grad), x, eps)
+        return z, best_z, best_loss
+
+    init = (x0, x0, jnp.full((x.shape[0],), -jnp.inf, jnp.float32))
+    z, best_z, best_loss = jax.lax.fori_loop(0, steps, step, init)
+    if not keep_best:
+        return z
+    last_loss = _eot_loss(example_losses, z, jax.random.fold_in(k_steps, steps), eot_samples)
+    return jnp.where((last_loss > best_loss)[:, None, None, None], z, best_z)
+
+
+def _best_of_restarts(run, judge, restarts):
+    """Per example, the best of runs 0 .. restarts-1 by (success, loss) under `judge`.
+
+    `run(r)` returns the images of restart r; `judge(z)` their (success [B], loss [B]).
+    """
+
+    def restart_body(r, carry):
+        best_z, best_success, best_loss = carry
+        z = run(r)
+        success, per_example = judge(z)
+        # Lexicographic (success, loss): a result never gets worse with more restarts.
+        better = (success & ~best_success) | ((success == best_success) & (per_example > best_loss))
+        best_z = jnp.where(better[:, None, None, None], z, best_z)
+        return (
+            best_z,
+            jnp.where(better, success, best_success),
+            jnp.where(better, per_example, best_loss),
+        )
+
+    z0 = run(0)
+    init = (z0, *judge(z0))
+    best_z, _, _ = jax.lax.fori_loop(1, restarts, restart_body, init)
+    return best_z
 
 
 @partial(
@@ -54,94 +144,33 @@ def _pgd(
     random_start,
 ):
     logits_fn = merge_fn(fn_dynamic, fn_static)
-    batch = x.shape[0]
 
     def example_losses(z, k):
         return attack_loss(loss, logits_fn(z, k), y, kappa)
 
-    def loss_and_grad(z, k):
-        # Examples are independent, so the gradient of the sum is the per-example gradient.
-        def total(zz):
-            per_example = example_losses(zz, k)
-            return jnp.sum(per_example), per_example
-
-        (_, per_example), grad = jax.value_and_grad(total, has_aux=True)(z)
-        return per_example, grad
-
-    def eot_loss_and_grad(z, step_key):
-        keys = jax.random.split(step_key, eot_samples)
-        if eot_samples == 1:
-            return loss_and_grad(z, keys[0])
-
-        # A loop, not a vmap, so memory does not grow with eot_samples.
-        def body(i, acc):
-            per_example, grad = loss_and_grad(z, keys[i])
-            return acc[0] + per_example, acc[1] + grad
-
-        zeros = (jnp.zeros((batch,), jnp.float32), jnp.zeros_like(z))
-        total_loss, total_grad = jax.lax.fori_loop(0, eot_samples, body, zeros)
-        return total_loss / eot_samples, total_grad / eot_samples
-
-    def eot_loss(z, step_key):
-        keys = jax.random.split(step_key, eot_samples)
-        total = jax.lax.fori_loop(
-            0,
-            eot_samples,
-            lambda i, acc: acc + example_losses(z, keys[i]),
-            jnp.zeros((batch,), jnp.float32),
-        )
-        return total / eot_samples
-
     k_attack, k_judge = jax.random.split(key)
 
-    def one_restart(r):
-        k_start, k_steps = jax.random.split(jax.random.fold_in(k_attack, r))
-        x0 = x
-        if random_start:
-            x0 = x + jax.random.uniform(k_start, x.shape, jnp.float32, -eps, eps)
-        x0 = project_linf(x0, x, eps)
-
-        def step(t, carry):
-            z, best_z, best_loss = carry
-            per_example, grad = eot_loss_and_grad(z, jax.random.fold_in(k_steps, t))
-            if keep_best:
-                better = per_example > best_loss
-                best_z = jnp.where(better[:, None, None, None], z, best_z)
-                best_loss = jnp.where(better, per_example, best_loss)
-            z = project_linf(z + step_size * jnp.sign(grad), x, eps)
-            return z, best_z, best_loss
-
-        init = (x0, x0, jnp.full((batch,), -jnp.inf, jnp.float32))
-        z, best_z, best_loss = jax.lax.fori_loop(0, steps, step, init)
-        if not keep_best:
-            return z
-        last_loss = eot_loss(z, jax.random.fold_in(k_steps, steps))
-        return jnp.where((last_loss > best_loss)[:, None, None, None], z, best_z)
+    def run(r):
+        return _run(
+            example_losses,
+            x,
+            jax.random.fold_in(k_attack, r),
+            eps,
+            step_size,
+            steps,
+            eot_samples=eot_samples,
+            keep_best=keep_best,
+            random_start=random_start,
+        )
 
     if restarts == 1:
-        return one_restart(0)
+        return run(0)
 
     def judge(z):
         logits = logits_fn(z, k_judge)
         return jnp.argmax(logits, axis=-1) != y, attack_loss(loss, logits, y, kappa)
 
-    def restart_body(r, carry):
-        best_z, best_success, best_loss = carry
-        z = one_restart(r)
-        success, per_example = judge(z)
-        # Lexicographic (success, loss): a result never gets worse with more restarts.
-        better = (success & ~best_success) | ((success == best_success) & (per_example > best_loss))
-        best_z = jnp.where(better[:, None, None, None], z, best_z)
-        return (
-            best_z,
-            jnp.where(better, success, best_success),
-            jnp.where(better, per_example, best_loss),
-        )
-
-    z0 = one_restart(0)
-    init = (z0, *judge(z0))
-    best_z, _, _ = jax.lax.fori_loop(1, restarts, restart_body, init)
-    return best_z
+    return _best_of_restarts(run, judge, restarts)
 
 
 def pgd(

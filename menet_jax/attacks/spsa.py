@@ -13,16 +13,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.losses import (
-    LogitsFn,
-    check_count,
-    check_inputs,
-    check_nonneg,
-    margin,
-    merge_fn,
-    project_linf,
-    split_fn,
-)
+from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
+from menet_jax.attacks.linf import project_linf
+from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
+from menet_jax.attacks.losses import margin
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 

@@ -4,6 +4,11 @@ Every model is called on float32 images [B, H, W, C] in [0, 1] and returns float
 [B, num_classes]; per-channel normalisation `(x - mean) / std`, when given, is its first
 operation, so it applies after ME-Net's matrix estimation. Models with BatchNorm switch mode with
 `model.train()` / `model.eval()`; their state is only `nnx.Param` and `nnx.BatchStat`.
+
+Modules: one per family (`resnet`, `wide_resnet`, `lenet`, `densenet`), each a class and its
+named variants as partials; `layers` holds what they share (PyTorch-style conv and BatchNorm,
+input and argument checks). A new model is a module here, an entry in `MODELS` and a
+shape/parameter-count test.
 """
 
 from __future__ import annotations

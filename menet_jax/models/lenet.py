@@ -20,8 +20,8 @@ from menet_jax.models import layers
 def _pool(x: jax.Array) -> jax.Array:
     if x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
         # The max of the four strided views is the same 2x2/2 max-pool; its gradient is a few
-        # elementwise selects, several times faster on XLA:CPU than reduce_window's
-        # select-and-scatter (the slowest op of this network's backward pass there).
+        # elementwise selects instead of reduce_window's select-and-scatter, which is slow on
+        # XLA:CPU (BENCHMARKS.md, "Training step").
         top = jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
         return jnp.maximum(top, jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
     return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
