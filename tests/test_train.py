@@ -269,12 +269,14 @@ def test_main_trains_then_evaluates(tmp_path):
         "--config.eval.num_examples=64",
         "--config.eval.attacks=clean",
         "--config.progress_bar=False",
+        "--config.me.inference_p=0.45",  # keys that default to None take values from the CLI
         "--mode=train",
     ]
     r = _run_main(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "clean accuracy" in r.stdout
-    assert os.path.exists(tmp_path / "summary.json")
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["inference_p"] == 0.45 and summary["config"]["num_train_examples"] == 128
 
 
 def test_adversarial_training_step_trains_on_pgd_examples(tmp_path):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
-from menet_jax.attacks.linf import project_linf
+from menet_jax.attacks.linf import project_linf, start_point
 from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 from menet_jax.attacks.losses import LOSSES, attack_loss
 
@@ -72,10 +72,7 @@ def _run(example_losses, x, k_run, eps, step_size, steps, *, eot_samples, keep_b
     (the last one scored with the keys of step `steps`).
     """
     k_start, k_steps = jax.random.split(k_run)
-    x0 = x
-    if random_start:
-        x0 = x + jax.random.uniform(k_start, x.shape, jnp.float32, -eps, eps)
-    x0 = project_linf(x0, x, eps)
+    x0 = start_point(k_start, x, eps, random_start=random_start)
 
     def step(t, carry):
         z, best_z, best_loss = carry

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
-from menet_jax.attacks.linf import project_linf
+from menet_jax.attacks.linf import project_linf, start_point
 from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 from menet_jax.attacks.losses import margin
 
@@ -56,10 +56,7 @@ def _spsa(
         return total / (samples * delta)
 
     k_start, k_loop = jax.random.split(key)
-    z0 = x
-    if random_start:
-        z0 = x + jax.random.uniform(k_start, x.shape, jnp.float32, -eps, eps)
-    z0 = project_linf(z0, x, eps)
+    z0 = start_point(k_start, x, eps, random_start=random_start)
 
     def step(t, carry):
         z, m, v = carry
