@@ -76,22 +76,41 @@ def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
     return x + jax.lax.stop_gradient(y - x)
 
 
+MODES = ("menet", "network", "fixed_mask", "vote")
+GRADIENTS = ("bpda", "none")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (jit of bound methods)
 class DefendedClassifier:
-    """A trained network behind ME-Net's preprocessing (immutable).
+    """A trained network behind ME-Net's preprocessing (immutable): the one source of logits.
 
     Attributes:
-      graphdef: the network's NNX graph definition.
-      state: the network's state (parameters and BatchNorm statistics), in eval mode.
+      graphdef: the network's NNX graph definition (in eval mode).
+      state: the network's state (parameters and BatchNorm statistics).
       config: the run's full config.
       num_classes: number of classes.
       inference_p: the observation probability of ME-Net inference.
       step: the training step the state comes from.
 
-    `network(x)` gives the bare network's logits; `defended(x, key)` runs ME-Net inference.
-    Both take x [B,H,W,C] float32 in [0,1], are pure functions of their inputs and can be
-    used under `jax.jit` and `jax.grad`. `dataclasses.replace(clf, state=...)` gives the same
-    classifier with other parameters.
+    Every way the project classifies an image is `apply(state, x, key, mode=...)`, a pure function
+    of (network state, images [B,H,W,C] in [0,1], typed key) for one fixed set of options:
+
+      mode="menet"       one fresh mask at p (default: the inference p; a [B] array gives one p
+                         per image) + ME, then the network (ME-Net inference, Algorithm 1);
+                         gradient="bpda" passes gradients straight through ME (docs/method.md
+                         §5.1), "none" differentiates the ME function as written.
+      mode="network"     the bare network; the key is not used.
+      mode="fixed_mask"  ME with the one mask drawn from `mask_key` whatever the key (a sanity
+                         attack: with the randomness fixed, ME is an ordinary function).
+      mode="vote"        majority vote over `votes` masks at the training p's (supplement J): the
+                         fraction of masks voting for each class [B, C]; not differentiable.
+
+    `bn="train"` runs BatchNorm on batch statistics (the running statistics are not updated).
+    `logits_fn(mode, ...)` returns the same function as `fn(x, key)` with the state bound as a
+    traced argument (a `jax.tree_util.Partial`), which is what every attack takes; the function
+    object is cached per option set, so jitted attacks trace once per classifier and options.
+    `network(x)` and `defended(x, key, ...)` are the same calls with this classifier's state.
+    `dataclasses.replace(clf, state=...)` gives the same classifier with other parameters.
     """
 
     graphdef: Any
@@ -100,6 +119,7 @@ class DefendedClassifier:
     num_classes: int
     inference_p: float
     step: int = 0
+    _fns: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_model(
@@ -117,9 +137,70 @@ class DefendedClassifier:
         p = default_inference_p(config.me) if inference_p is None else float(inference_p)
         return cls(graphdef, state, config, num_classes, p, int(step))
 
+    def apply(
+        self,
+        state,
+        x: jax.Array,
+        key: jax.Array | None,
+        *,
+        mode: str = "menet",
+        gradient: str = "bpda",
+        p=None,
+        mask_key: jax.Array | None = None,
+        votes: int | None = None,
+        bn: str = "eval",
+    ) -> jax.Array:
+        """Logits (or vote fractions) of `mode` for images x under network state `state`."""
+        if mode not in MODES or gradient not in GRADIENTS or bn not in ("eval", "train"):
+            raise ValueError(
+                f"mode must be one of {MODES}, gradient one of {GRADIENTS}, bn 'eval' or "
+                f"'train'; got mode={mode!r}, gradient={gradient!r}, bn={bn!r}."
+            )
+        if mode == "network":
+            return self._network(state, x, bn)
+        if mode == "fixed_mask":
+            return self.apply(state, x, mask_key, mode="menet", gradient=gradient, p=p, bn=bn)
+        if mode == "vote":
+            return self._vote(state, x, key, votes or int(self.config.me.votes), gradient, bn)
+        p = self.inference_p if p is None else p
+        rec = me_transform(self.config.me)(key, x, p)
+        return self._network(state, straight_through(x, rec) if gradient == "bpda" else rec, bn)
+
+    def logits_fn(self, mode: str = "menet", **options) -> jax.tree_util.Partial:
+        """`fn(x, key) -> logits` of `apply(self.state, x, key, mode=mode, **options)`.
+
+        Array options (`mask_key`, an array `p`) travel as traced arguments with the state.
+        """
+        arrays = {k: v for k, v in options.items() if isinstance(v, jax.Array | np.ndarray)}
+        static = {k: v for k, v in options.items() if k not in arrays}
+        cache_key = (mode, tuple(sorted(static.items())), tuple(sorted(arrays)))
+        if cache_key not in self._fns:
+
+            def fn(state, array_options, x, key):
+                return self.apply(state, x, key, mode=mode, **static, **array_options)
+
+            self._fns[cache_key] = fn
+        return jax.tree_util.Partial(self._fns[cache_key], self.state, arrays)
+
+    def _network(self, state, x: jax.Array, bn: str) -> jax.Array:
+        model = nnx.merge(self.graphdef, state)
+        if bn == "train":
+            model.train()
+        return model(x)
+
+    def _vote(self, state, x, key, votes: int, gradient: str, bn: str) -> jax.Array:
+        ps = vote_ps(self.config.me, votes)
+        keys = jax.random.split(key, votes)
+
+        def one_vote(k, pk):
+            logits = self.apply(state, x, k, mode="menet", gradient=gradient, p=pk, bn=bn)
+            return jax.nn.one_hot(jnp.argmax(logits, -1), self.num_classes)
+
+        return jnp.mean(jax.lax.map(lambda a: one_vote(*a), (keys, ps)), axis=0)
+
     def network(self, x: jax.Array) -> jax.Array:
         """Logits of the bare network (no preprocessing)."""
-        return nnx.merge(self.graphdef, self.state)(x)
+        return self.apply(self.state, x, None, mode="network")
 
     def preprocess(self, x: jax.Array, key: jax.Array, *, p=None, bpda: bool = False):
         """One fresh mask at p (default: the inference p) + ME; BPDA makes it straight-through."""
@@ -130,7 +211,7 @@ class DefendedClassifier:
     def defended(
         self, x: jax.Array, key: jax.Array, *, bpda: bool = False, votes: int = 0, p=None
     ) -> jax.Array:
-        """ME-Net inference.
+        """ME-Net inference with this classifier's state.
 
         Args:
           x: images [B,H,W,C] in [0,1].
@@ -143,16 +224,10 @@ class DefendedClassifier:
         Returns:
           Logits [B, num_classes], or vote fractions [B, num_classes] when votes > 0.
         """
-        if votes <= 0:
-            return self.network(self.preprocess(x, key, p=p, bpda=bpda))
-        ps = vote_ps(self.config.me, votes)
-        keys = jax.random.split(key, votes)
-
-        def one_vote(k, pk):
-            logits = self.network(self.preprocess(x, k, p=pk, bpda=bpda))
-            return jax.nn.one_hot(jnp.argmax(logits, -1), self.num_classes)
-
-        return jnp.mean(jax.lax.map(lambda a: one_vote(*a), (keys, ps)), axis=0)
+        gradient = "bpda" if bpda else "none"
+        if votes > 0:
+            return self.apply(self.state, x, key, mode="vote", votes=votes, gradient=gradient)
+        return self.apply(self.state, x, key, mode="menet", gradient=gradient, p=p)
 
 
 def vote_ps(me_config: ml_collections.ConfigDict, votes: int) -> jnp.ndarray:

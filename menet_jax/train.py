@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from menet_jax import checkpoint, defense, input_pipeline, monitor, rng, sprime, state
+from menet_jax import attacks, checkpoint, defense, input_pipeline, monitor, rng, sprime, state
 from menet_jax.config import ConfigError, validate
 from menet_jax.evaluation.settings import validate_eval
 
@@ -70,28 +70,23 @@ def make_mesh() -> jax.sharding.Mesh:
 
 
 def make_train_step(config, graphdef, mesh, *, online: bool):
-    """The jitted step: (state, batch, step) -> (state, metrics sums).
+    """The jitted step: (train state, batch, step) -> (train state, metrics sums).
 
     batch: dict with uint8 `image` [B,H,W,C] (S' entries, or raw images when `online`), int32
     `label`, `image_idx`, `copy_idx` [B].
     """
     me_config, seed = config.me, config.seed
-    transform = defense.me_transform(me_config)
     ps_all = jnp.asarray(defense.training_ps(me_config))
     adv = config.adv
 
+    num_classes = input_pipeline.get_info(config.dataset).num_classes
+
     def attack(model, x, y, p, key):
-        # PGD through ME with BPDA, fresh masks every step, network in eval mode (running BN
-        # statistics), Madry-style random start.
-        from menet_jax.attacks import pgd
-
-        model.eval()
-
-        def logits_fn(xx, kk):
-            return model(defense.straight_through(xx, transform(kk, xx, p)))
-
-        x_adv = pgd(
-            logits_fn,
+        # PGD through ME with BPDA, fresh masks every step at each example's p, network in eval
+        # mode (running BN statistics), Madry-style random start.
+        clf = defense.DefendedClassifier.from_model(model, config, num_classes)  # eval mode
+        x_adv = attacks.pgd(
+            clf.logits_fn("menet", gradient="bpda", p=p),
             x,
             y,
             key,
@@ -103,8 +98,8 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
         model.train()
         return jax.lax.stop_gradient(x_adv)
 
-    def step_fn(state, batch, step):
-        model, optimizer = nnx.merge(graphdef, state)
+    def step_fn(train_state, batch, step):
+        model, optimizer = nnx.merge(graphdef, train_state)
         model.train()
         x = input_pipeline.to_float(batch["image"])
         y = batch["label"]
