@@ -35,9 +35,11 @@ def run(config, workdir: str, mode: str) -> None:
             f"summary in {workdir}/summary.json"
         )
     if mode in ("eval", "train_and_eval"):
-        report = evaluation.evaluate(config, workdir)
+        h = evaluation.evaluate(config, workdir)["headline"]
+        lo, hi = h["interval"]
         print(
-            f"worst-case accuracy {report['worst_case']['accuracy']:.4f}; "
+            f"headline robust accuracy {h['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on "
+            f"{h['n']} examples, per-example worst case over {len(h['rows'])} rows; "
             f"report in {workdir}/results.md"
         )
 

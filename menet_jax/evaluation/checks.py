@@ -1,4 +1,4 @@
-"""The sanity checks of the evaluation report and the per-example worst case (docs/method.md §6).
+"""The sanity checks of the evaluation report (docs/method.md §6.4).
 
 Comparisons between two attack rows are paired per example on the examples both rows ran on (rows
 always run on prefixes of the same test examples), with `stats.paired_difference`, so that mask
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from menet_jax.evaluation.stats import not_greater, same_rate, wilson
+from menet_jax.evaluation.stats import mean_interval, not_greater, same_rate
 
 ZERO_GRADIENT_LIMIT = 0.05  # largest fraction of examples with an exactly-zero BPDA gradient
+# An attack meant to succeed (no ME, one fixed mask) passes only when it leaves at most this
+# accuracy: a successful untargeted attack reaches ~0%, not chance.
+ATTACK_SUCCESS_LIMIT = 0.05
 
 
 def _check(ok: bool, value, detail: str) -> dict:
@@ -22,11 +25,6 @@ def _check(ok: bool, value, detail: str) -> dict:
 
 def _acc(v: np.ndarray) -> float:
     return round(float(np.mean(v)), 4)
-
-
-def _at_or_below_chance(v: np.ndarray, chance: float) -> bool:
-    lo, _ = wilson(int(np.sum(v)), v.size)
-    return lo <= chance
 
 
 def compute_checks(
@@ -43,8 +41,8 @@ def compute_checks(
     """The sanity checks that the rows present allow.
 
     Args:
-      rows: per row name, bool [n_row] majority-correct on the first n_row examples ("clean"
-        included).
+      rows: per row name, per-example correctness rates (float [n_row] in [0, 1], or bool) on the
+        first n_row examples ("clean" included).
       main_pgd: name of the main white-box PGD row.
       sweep: (eps multiplier, row name) in increasing multiplier order.
       num_classes: for the chance level 1 / num_classes.
@@ -96,7 +94,7 @@ def compute_checks(
         )
     if sweep and need("large_eps_near_chance", sweep_names[-1]):
         v = rows[sweep_names[-1]]
-        lo, hi = wilson(int(v.sum()), v.size)
+        lo, hi = mean_interval(v)
         checks["large_eps_near_chance"] = _check(
             lo <= chance,
             _acc(v),
@@ -136,12 +134,13 @@ def compute_checks(
             skipped[check] = "not an ME-Net (me.method=none)"
         elif need(check, row, main_pgd):
             a, b = pair(row, main_pgd)
-            ok = _at_or_below_chance(a, chance) or not_greater(a, b)
+            lo, hi = mean_interval(a)
             checks[check] = _check(
-                ok,
+                _acc(a) <= ATTACK_SUCCESS_LIMIT,
                 _acc(a),
-                f"{what}: {_acc(a):.4f} on {a.size} examples (through ME {_acc(b):.4f}, "
-                f"chance {chance:.3f}); PASS when at most chance or at most the ME-Net figure",
+                f"{what}: {_acc(a):.4f} (95% CI {lo:.3f}-{hi:.3f}) on {a.size} examples "
+                f"(through ME {_acc(b):.4f}); PASS only when the attack leaves at most "
+                f"{ATTACK_SUCCESS_LIMIT:.0%}",
             )
     if not uses_me:
         skipped["eot_at_least_bpda"] = "not an ME-Net (me.method=none)"
@@ -186,32 +185,3 @@ def compute_checks(
             f" ({rule})",
         )
     return checks, skipped
-
-
-def worst_case(rows: dict[str, np.ndarray], num_examples: int) -> dict:
-    """Per-example worst case over rows that ran on prefixes of the same examples.
-
-    Example i is correct only if correct under every row that ran on it. `accuracy` covers all
-    `num_examples` (each judged by the rows that covered it); `by_subset` gives, for every
-    distinct row size n, the worst case on the first n examples over all rows with >= n examples.
-    """
-    if not rows:
-        raise ValueError("worst_case needs at least one row.")
-    ok = np.ones(num_examples, bool)
-    for v in rows.values():
-        ok[: v.size] &= v
-    sizes = sorted({v.size for v in rows.values()})
-    by_subset = []
-    for n in sizes:
-        covering = sorted(name for name, v in rows.items() if v.size >= n)
-        sub = np.ones(n, bool)
-        for name in covering:
-            sub &= rows[name][:n]
-        by_subset.append({"n": n, "accuracy": _acc(sub), "rows": covering})
-    return {
-        "accuracy": _acc(ok),
-        "n": num_examples,
-        "rows": sorted(rows),
-        "by_subset": by_subset,
-        "correct": ok,
-    }

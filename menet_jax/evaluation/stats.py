@@ -1,6 +1,7 @@
 """Binomial statistics of the evaluation (docs/method.md §6).
 
-`majority` turns R judging draws into one verdict per example, `wilson` bounds a proportion, and
+`majority` turns R judging draws into one verdict per example (a vote), `wilson` bounds a
+proportion, `mean_interval` the mean of per-example rates, and
 `paired_difference` (with `not_greater` / `same_rate`) compares two rows on the same examples: a
 two-sided normal bound on the mean paired difference (McNemar-style: only discordant pairs count),
 so that mask noise alone does not make two rows differ.
@@ -41,15 +42,26 @@ def wilson(k: int, n: int, *, z: float = Z) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> tuple[float, float]:
-    """Mean of a_i - b_i over paired bool outcomes and the half-width of its ~95% bound.
+def mean_interval(values: np.ndarray, *, z: float = Z) -> tuple[float, float]:
+    """~95% normal interval of the mean of per-example values in [0, 1], clipped to [0, 1]."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return 0.0, 1.0
+    half = z * math.sqrt(v.var(ddof=1) / v.size) if v.size > 1 else 1.0
+    m = float(v.mean())
+    return max(0.0, m - half), min(1.0, m + half)
 
+
+def paired_difference(a: np.ndarray, b: np.ndarray, *, z: float = Z) -> tuple[float, float]:
+    """Mean of a_i - b_i over paired per-example outcomes and the half-width of its ~95% bound.
+
+    a and b are per-example correctness (bool) or correctness rates over draws (float in [0, 1]).
     The variance is that of the paired differences (McNemar: only discordant pairs count).
     """
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"a and b must be non-empty 1-D of one shape, got {a.shape}, {b.shape}.")
-    d = a.astype(np.float64) - b.astype(np.float64)
+    d = a - b
     n = d.size
     return float(d.mean()), float(z * math.sqrt(d.var() / n))
 

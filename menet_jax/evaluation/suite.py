@@ -46,8 +46,10 @@ import numpy as np
 from jax.tree_util import Partial
 
 from menet_jax import attacks, checkpoint, input_pipeline, monitor, rng
-from menet_jax.evaluation import checks, report, stats
+from menet_jax.evaluation import checks, protocol, report
 from menet_jax.evaluation.settings import ME_ONLY, parse_attacks, validate_eval
+
+RESULTS_SCHEMA_VERSION = 2  # 2: expected single-mask accuracy, `headline`, results.npz
 
 
 def _size(value: int, total: int) -> int:
@@ -65,28 +67,22 @@ class _Model:
         self.clf, self.state, self.votes = clf, clf.state, votes
         self.uses_me = clf.config.me.method != "none"
 
-        def with_state(state):
-            return dataclasses.replace(clf, state=state)
-
         def bpda(state, x, key):
-            return with_state(state).defended(x, key, bpda=True)
+            return clf.apply(state, x, key, mode="menet", gradient="bpda")
 
         def network(state, x, key):
-            del key
-            return with_state(state).network(x)
+            return clf.apply(state, x, key, mode="network")
 
         def at_rec(state, rec, x0, z, key):  # network-only: ME(x) fixed, delta on top
-            del key
-            return with_state(state).network(rec + (z - x0))
+            return clf.apply(state, rec + (z - x0), key, mode="network")
 
-        def fixed(state, mask_key, z, key):
-            del key
-            return bpda(state, z, mask_key)
+        def vote(state, x, key):
+            return clf.apply(state, x, key, mode="vote", votes=votes)
 
-        self.bpda = Partial(bpda, self.state)
-        self.network = Partial(network, self.state)
-        self._at_rec, self._fixed = at_rec, fixed
-        self.preprocess = jax.jit(lambda state, x, k: with_state(state).preprocess(x, k))
+        self.bpda = clf.logits_fn("menet", gradient="bpda")
+        self.network = clf.logits_fn("network")
+        self._at_rec = at_rec
+        self.preprocess = jax.jit(lambda x, k: clf.preprocess(x, k))
 
         def score(logits, y):
             out = {"correct": jnp.argmax(logits, -1) == y[None]}
@@ -108,7 +104,7 @@ class _Model:
 
         self.judges = {
             "defended": per_example(bpda),
-            "vote": per_example(lambda s, x, k: with_state(s).defended(x, k, votes=votes)),
+            "vote": per_example(vote),
             "network": jax.jit(lambda s, x, y, idx, keys: score(network(s, x, None)[None], y)),
             "fixed": jax.jit(lambda s, x, y, k: score(bpda(s, x, k)[None], y)),
         }
@@ -126,7 +122,7 @@ class _Model:
         return Partial(self._at_rec, self.state, rec, x)
 
     def fixed(self, mask_key):
-        return Partial(self._fixed, self.state, mask_key)
+        return self.clf.logits_fn("fixed_mask", mask_key=mask_key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,8 +139,9 @@ class Row:
     make: Callable | None = None  # (x, y, key) -> x_adv for one padded batch
     reuse: str | None = None  # take x_adv from this earlier row
     judge: str = "defended"
-    worst: bool = True  # part of the worst case (main eps, standard inference)
+    counted: bool = True  # in the headline (white-box / gray-box at the main eps)
     bounded_eps: float | None = None  # boundary: success only within this L-inf distance
+    restarts: int = 1  # independent runs; every one is judged, the worst counts per example
 
 
 def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
@@ -162,16 +159,17 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
 
     def pgd_row(name, group, threat, n, fn, *, steps=main, e=eps, size=step, **kw):
         """A PGD row; `fn` is a logits_fn or (x, key) -> logits_fn built per batch."""
-        opts = {"eps": e, "steps": steps, "step_size": size, "restarts": ev.restarts, **kw}
+        opts = {"eps": e, "steps": steps, "step_size": size, **kw}
         build = fn if isinstance(fn, _PerBatch) else (lambda x, k: fn)
-        judge_kw = {k: kw.pop(k) for k in ("judge", "worst") if k in kw}
-        opts = {k: v for k, v in opts.items() if k not in ("judge", "worst")}
+        judge_kw = {k: kw.pop(k) for k in ("judge", "counted") if k in kw}
+        opts = {k: v for k, v in opts.items() if k not in ("judge", "counted")}
 
         def make(x, y, k):
             return attacks.pgd(build(x, k), x, y, k, **opts)
 
         params = {k: v for k, v in opts.items() if k != "keep_best" or v}
-        add(Row(name, group, threat, n, params, make=make, **judge_kw))
+        params["restarts"] = int(ev.restarts)
+        add(Row(name, group, threat, n, params, make=make, restarts=int(ev.restarts), **judge_kw))
 
     rows.append(Row("clean", "clean", "none", n_all, {}, make=lambda x, y, k: x))
     if "fgsm" in groups:
@@ -182,7 +180,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
             pgd_row(f"pgd_{s}", "pgd", bpda, n_all, model.bpda, steps=s)
         n_long = _size(ev.long_pgd_examples, n_all)
         s = ev.long_pgd_steps
-        pgd_row(f"pgd_long_{s}", "pgd", bpda, n_long, model.bpda, steps=s)
+        pgd_row(f"pgd_long_{s}", "pgd", bpda, n_long, model.bpda, steps=s, counted=False)
     if "cw" in groups:
         for kappa in ev.cw_kappas:
             n_cw = _size(ev.cw_examples, n_all)
@@ -201,7 +199,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
     if "network_only" in groups:
 
         def at_rec(x, k):
-            return model.at_rec(model.preprocess(model.state, x, rng.fixed_mask_key(k)), x)
+            return model.at_rec(model.preprocess(x, rng.fixed_mask_key(k)), x)
 
         threat = "network-only (fixed ME(x))"
         pgd_row("network_only", "network_only", threat, n_all, _PerBatch(at_rec))
@@ -213,10 +211,10 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
         via = "through its ME with BPDA" if source.uses_me else "vanilla"
         threat = f"transfer ({via})"
         fgsm = lambda x, y, k: attacks.fgsm(source.bpda, x, y, k, eps=eps)  # noqa: E731
-        add(Row("transfer_fgsm", "transfer", threat, n_all, {"eps": eps}, make=fgsm))
-        pgd_row(f"transfer_pgd_{main}", "transfer", threat, n_all, source.bpda)
+        add(Row("transfer_fgsm", "transfer", threat, n_all, {"eps": eps}, make=fgsm, counted=False))
+        pgd_row(f"transfer_pgd_{main}", "transfer", threat, n_all, source.bpda, counted=False)
         for kappa in list(ev.cw_kappas)[:1]:
-            kw = {"loss": "cw", "kappa": float(kappa)}
+            kw = {"loss": "cw", "kappa": float(kappa), "counted": False}
             pgd_row(f"transfer_cw_k{kappa:g}", "transfer", threat, n_all, source.bpda, **kw)
     if "spsa" in groups:
         samples = int(ev.spsa_samples)
@@ -233,7 +231,8 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
                 model.bpda, x, y, k, **spsa_kw, batch_samples=math.gcd(samples, 128)
             )
 
-        add(Row("spsa", "spsa", "score-based", _size(ev.spsa_examples, n_all), spsa_kw, make=spsa))
+        n_spsa = _size(ev.spsa_examples, n_all)
+        add(Row("spsa", "spsa", "score-based", n_spsa, spsa_kw, make=spsa, counted=False))
     if "boundary" in groups:
 
         def boundary(x, y, k):
@@ -250,13 +249,14 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
                 params,
                 make=boundary,
                 bounded_eps=eps,
+                counted=False,
             )
         )
     names = {r.name for r in rows}
     if "vote" in groups:
         n_vote, p = _size(ev.vote_examples, n_all), {"votes": model.votes}
         clean_p = {"eps": 0.0, **p}
-        kw = {"judge": "vote", "worst": False}
+        kw = {"judge": "vote", "counted": False}
         add(
             Row(
                 "vote_clean", "vote", "majority vote", n_vote, clean_p, make=lambda x, y, k: x, **kw
@@ -272,24 +272,24 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
             name = f"sweep_eps_x{m:g}"
             if m == 1 and main_pgd in names:
                 params = {"eps": eps, "steps": main, "step_size": step, "restarts": ev.restarts}
-                add(Row(name, "sanity", bpda, n_sweep, params, reuse=main_pgd, worst=False))
+                add(Row(name, "sanity", bpda, n_sweep, params, reuse=main_pgd, counted=False))
             else:
                 pgd_row(name, "sanity", bpda, n_sweep, model.bpda, e=eps * m, size=step * m,
-                        worst=False)  # fmt: skip
+                        counted=False)  # fmt: skip
         if not model.uses_me:
             skipped["no_me_pgd"] = skipped["fixed_mask_pgd"] = "the model has no ME"
         elif "graybox" in names:
             params = {"eps": eps, "steps": main, "step_size": step, "restarts": ev.restarts}
             threat = "no ME (bare network)"
             add(Row("no_me_pgd", "sanity", threat, n_all, params, reuse="graybox", judge="network",
-                    worst=False))  # fmt: skip
+                    counted=False))  # fmt: skip
         else:
             pgd_row("no_me_pgd", "sanity", "no ME (bare network)", n_sweep, model.network,
-                    judge="network", worst=False)  # fmt: skip
+                    judge="network", counted=False)  # fmt: skip
         if model.uses_me:
             fixed = _PerBatch(lambda x, k: model.fixed(rng.fixed_mask_key(k)))
             pgd_row("fixed_mask_pgd", "sanity", "one fixed mask", n_sweep, fixed, judge="fixed",
-                    worst=False)  # fmt: skip
+                    counted=False)  # fmt: skip
     return rows, skipped, main_pgd
 
 
@@ -308,51 +308,54 @@ class _PerBatch:
 
 
 def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) -> dict:
+    """Attacks and judges one row: `correct` / `top5` bool [restarts, 2R, n] (the first R
+    draws measure, the last R select), plus per-example randomness flags of restart 0."""
     x_all, y_all, judge_keys = data
     n, bs = row.n, min(batch_size, row.n)
     row_key = rng.named(keys["attack"], row.name)
     draws = len(judge_keys)
+    restarts = cache[row.reuse].shape[0] if row.reuse is not None else row.restarts
     out = {
-        "correct": np.zeros((draws, n), bool),
-        "top5": np.zeros((draws, n), bool),
+        "correct": np.zeros((restarts, draws, n), bool),
+        "top5": np.zeros((restarts, draws, n), bool),
         "pred_varies": np.zeros(n, bool),
         "logits_vary": np.zeros(n, bool),
     }
-    advs, dist = [], np.zeros(n, np.float32)
+    advs, dist = np.zeros((restarts, n, *x_all.shape[1:]), np.float32), np.zeros(n, np.float32)
     for b, start in enumerate(range(0, n, bs)):
         m = min(bs, n - start)
         x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
         y = jnp.asarray(input_pipeline.pad_batch(y_all[start : start + m], bs))
         idx = jnp.asarray(input_pipeline.pad_batch(np.arange(start, start + m, dtype=np.int32), bs))
         key = jax.random.fold_in(row_key, b)
-        if row.reuse is not None:
-            x_adv = jnp.asarray(input_pipeline.pad_batch(cache[row.reuse][start : start + m], bs))
-        else:
-            x_adv = row.make(x, y, key)
-        if row.judge == "fixed":
-            res = model.judges["fixed"](model.state, x_adv, y, rng.fixed_mask_key(key))
-        else:
-            res = model.judges[row.judge](model.state, x_adv, y, idx, judge_keys)
-        res = jax.device_get(res)
-        for k, v in res.items():
-            v = np.asarray(v)
-            if v.ndim == 2:
-                v = np.broadcast_to(v, (draws, v.shape[1]))
-                out[k][:, start : start + m] = v[:, :m]
+        for r in range(restarts):
+            if row.reuse is not None:
+                x_adv = jnp.asarray(input_pipeline.pad_batch(cache[row.reuse][r, start:][:m], bs))
+            else:  # restart 0 keeps the batch key, so one-restart rows draw as before
+                x_adv = row.make(x, y, key if r == 0 else jax.random.fold_in(key, r))
+            if row.judge == "fixed":
+                res = model.judges["fixed"](model.state, x_adv, y, rng.fixed_mask_key(key))
             else:
-                out[k][start : start + m] = v[:m]
-        if row.bounded_eps is not None:
-            dist[start : start + m] = np.asarray(attacks.linf_distance(x, x_adv))[:m]
-        if row.name in cache:
-            advs.append(np.asarray(x_adv)[:m])
+                res = model.judges[row.judge](model.state, x_adv, y, idx, judge_keys)
+            res = jax.device_get(res)
+            for k in ("correct", "top5") if "top5" in res else ("correct",):
+                v = np.broadcast_to(np.asarray(res[k]), (draws, bs))
+                out[k][r, :, start : start + m] = v[:, :m]
+            if r == 0:
+                out["pred_varies"][start : start + m] = np.asarray(res["pred_varies"])[:m]
+                out["logits_vary"][start : start + m] = np.asarray(res["logits_vary"])[:m]
+            advs[r, start : start + m] = np.asarray(x_adv)[:m]
+            if row.bounded_eps is not None and r == 0:
+                dist[start : start + m] = np.asarray(attacks.linf_distance(x, x_adv))[:m]
     if row.name in cache:
-        cache[row.name] = np.concatenate(advs)
-    out["majority"] = stats.majority(out["correct"])
-    out["top5_majority"] = stats.majority(out["top5"])
-    if row.bounded_eps is not None:
-        found = ~out["majority"]  # misclassified, at any distance
+        cache[row.name] = advs
+    if row.counted:
+        out["adversarial"] = advs
+    if row.bounded_eps is not None:  # a success counts only within the threat model's eps
+        R = draws // 2
+        found = ~protocol.majority(out["correct"][0, :R])  # misclassified, at any distance
         within = dist <= row.bounded_eps + 1e-6
-        out["majority"] = out["majority"] | ~within
+        out["correct"][:, :, ~within] = True
         out["extra"] = {
             "unbounded_success_rate": round(float(found.mean()), 4),
             "median_linf_distance": float(np.median(dist[found])) if found.any() else None,
@@ -420,8 +423,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     y_all = labels[:n_all].astype(np.int32)
     keys = {"attack": rng.stream(run.seed, rng.ATTACK), "sanity": rng.stream(run.seed, rng.SANITY)}
     judge_root = rng.stream(run.seed, rng.JUDGE)
+    # Draws 0..R-1 measure, R..2R-1 select (docs/method.md §6; `protocol`).
     judge_keys = jax.vmap(lambda r: jax.random.fold_in(judge_root, r))(
-        jnp.arange(int(ev.eval_keys), dtype=jnp.uint32)
+        jnp.arange(2 * int(ev.eval_keys), dtype=jnp.uint32)
     )
     data = (x_all, y_all, judge_keys)
 
@@ -433,7 +437,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         t0 = time.time()
         results[row.name] = _run_row(row, model, data, keys, cache, config.eval_batch_size)
         seconds[row.name] = round(time.time() - t0, 2)
-        acc = float(results[row.name]["majority"].mean())
+        R = int(ev.eval_keys)
+        acc = protocol.row_figures(
+            list(results[row.name]["correct"][:, R:]), list(results[row.name]["correct"][:, :R])
+        )["accuracy"]
         bar.update(1)
         line = f"{row.name}: accuracy {acc:.4f} on {row.n} examples ({seconds[row.name]:.1f} s)"
         bar.write(line, file=sys.stderr)
@@ -467,53 +474,74 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     results_report["budgets"]["total_seconds"] = round(time.time() - t_start, 2)
     if jax.process_index() == 0:
+        arrays = results_report.pop("_arrays")
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results_report, f, indent=2)
+        np.savez_compressed(os.path.join(workdir, "results.npz"), **arrays)
         report.write_markdown(results_report, os.path.join(workdir, "results.md"))
+    else:
+        results_report.pop("_arrays")
     print(f"evaluation done in {results_report['budgets']['total_seconds']:.0f} s", file=sys.stderr)
     return results_report
 
 
 def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_all, top5):
-    majority = {name: r["majority"] for name, r in results.items()}
-    attacks_out = {}
+    R = int(ev.eval_keys)
+
+    def split(r, what="correct"):  # (selection, measurement) lists, one array per restart
+        return list(r[what][:, R:]), list(r[what][:, :R])
+
+    figures, values, arrays = {}, {}, {}
     for row in rows:
-        if row.name == "clean":
-            continue
         r = results[row.name]
-        k = int(r["majority"].sum())
+        fig = protocol.row_figures(*split(r))
+        values[row.name] = fig.pop("values")
+        arrays[row.name] = values[row.name].astype(np.float32)
         entry = {
-            "accuracy": round(k / row.n, 4),
-            "ci95": [round(v, 4) for v in stats.wilson(k, row.n)],
-            "params": {**row.params, "examples": row.n, "eval_keys": int(ev.eval_keys)},
+            **fig,
+            "n": row.n,
+            "params": {**row.params, "examples": row.n, "eval_keys": R},
             "threat": row.threat,
             "group": row.group,
-            "in_worst_case": row.worst,
+            "in_headline": row.counted,
             **r.get("extra", {}),
         }
         if top5:
-            entry["top5"] = round(float(r["top5_majority"].mean()), 4)
-        attacks_out[row.name] = entry
-    clean = results["clean"]
-    k = int(clean["majority"].sum())
-    clean_out = {
-        "accuracy": round(k / n_all, 4),
-        "ci95": [round(v, 4) for v in stats.wilson(k, n_all)],
-        "examples": n_all,
-    }
+            entry["top5"] = protocol.row_figures(*split(r, "top5"))["accuracy"]
+        figures[row.name] = entry
+
+    def counted(what="correct"):
+        return {
+            row.name: dict(
+                zip(("selection", "measurement"), split(results[row.name], what), strict=True)
+            )
+            for row in rows
+            if row.counted
+        }
+
+    head = protocol.headline(counted())
+    arrays["headline"] = head.pop("values").astype(np.float32)
+    decided = head.pop("decided_by")
+    head["decided_by"] = {name: decided.count(name) for name in sorted(set(decided))}
     if top5:
-        clean_out["top5"] = round(float(clean["top5_majority"].mean()), 4)
+        head5 = protocol.headline(counted("top5"))
+        head["top5"] = {"accuracy": head5["accuracy"], "interval": head5["interval"]}
+    for row in rows:  # the adversarial examples of the rows that decide the headline
+        adv = results[row.name].get("adversarial")
+        if adv is not None and row.name in head["decided_by"]:
+            arrays[f"adversarial/{row.name}"] = adv[:, : head["n"]]
+    clean_out = figures.pop("clean")
     randomness = {
-        "pred_varies": round(float(clean["pred_varies"].mean()), 4),
-        "logits_vary": round(float(clean["logits_vary"].mean()), 4),
+        "pred_varies": round(float(results["clean"]["pred_varies"].mean()), 4),
+        "logits_vary": round(float(results["clean"]["logits_vary"].mean()), 4),
     }
     sweep = [(float(m), f"sweep_eps_x{float(m):g}") for m in ev.eps_multipliers]
-    sweep = [(m, name) for m, name in sweep if name in majority]
+    sweep = [(m, name) for m, name in sweep if name in values]
     blackbox = ["graybox", "network_only", "spsa", "boundary"] + [
-        name for name in majority if name.startswith("transfer_")
+        name for name in values if name.startswith("transfer_")
     ]
     found, skipped_checks = checks.compute_checks(
-        majority,
+        values,
         main_pgd=main_pgd,
         sweep=sweep,
         num_classes=model.clf.num_classes,
@@ -522,16 +550,15 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
         randomness=randomness,
         uses_me=model.uses_me,
     )
-    worst = checks.worst_case({r.name: majority[r.name] for r in rows if r.worst}, n_all)
-    worst.pop("correct")
     budgets = {
         "examples": n_all,
-        "eval_keys": int(ev.eval_keys),
+        "eval_keys": R,
         "rows": {
             row.name: {
                 "examples": row.n,
                 "steps": row.params.get("steps", 0),
                 "samples": row.params.get("eot_samples", row.params.get("samples", 1)),
+                "restarts": row.restarts,
                 "seconds": seconds[row.name],
             }
             for row in rows
@@ -540,10 +567,12 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
     if "zero_gradient" in seconds:
         budgets["zero_gradient"] = {"examples": n_all, "seconds": seconds["zero_gradient"]}
     return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "headline": head,
         "clean": clean_out,
-        "attacks": attacks_out,
-        "worst_case": worst,
+        "attacks": figures,
         "checks": found,
         "budgets": budgets,
         "skipped": {"rows": skipped, "checks": skipped_checks},
+        "_arrays": arrays,
     }
