@@ -284,3 +284,59 @@ def test_checks_flag_a_broken_attack():
     assert found["randomness"]["status"] == "WARN"  # an ME-Net whose draws never differ
     assert found["eps0_unchanged"]["status"] == "PASS"
     assert "blackbox_weaker_than_whitebox" in skipped and "eot_at_least_bpda" in skipped
+
+
+def _checks_on(logits_fn, x, y, *, eps=0.1):
+    """The attack rows the checks read, run with real attacks on one model (no ME)."""
+    import jax
+    import jax.numpy as jnp
+
+    from menet_jax import attacks
+
+    def correct(x_adv):
+        return np.asarray(jnp.argmax(logits_fn(x_adv, None), -1) == y)
+
+    def pgd(e):
+        kw = {"eps": e, "step_size": e / 10, "steps": 40, "random_start": False}
+        return correct(attacks.pgd(logits_fn, x, y, jax.random.key(0), **kw))
+
+    fgsm = attacks.fgsm(logits_fn, x, y, jax.random.key(1), eps=eps)
+    rows = {"clean": correct(x), "fgsm": correct(fgsm)}
+    sweep = []
+    for m in (0.0, 1.0, 4.0):
+        rows[f"sweep_eps_x{m:g}"] = pgd(eps * m)
+        sweep.append((m, f"sweep_eps_x{m:g}"))
+    rows["pgd_40"] = rows["no_me_pgd"] = rows["fixed_mask_pgd"] = rows["sweep_eps_x1"]
+    grad = jax.grad(lambda z: jnp.sum(attacks.cross_entropy(logits_fn(z, None), y)))(x)
+    zero = float(np.mean(np.all(np.asarray(grad).reshape(len(y), -1) == 0, axis=1)))
+    found, _ = checks.compute_checks(
+        {k: v.astype(np.float64) for k, v in rows.items()}, main_pgd="pgd_40", sweep=sweep,
+        num_classes=10, blackbox=[], zero_gradient=zero,
+        randomness={"pred_varies": 0.9, "logits_vary": 0.9}, uses_me=True,
+    )  # fmt: skip
+    return found
+
+
+def test_checks_fail_on_a_model_that_masks_its_gradients():
+    """A model whose logits carry no gradient (stop_gradient on the input) looks robust to
+    gradient attacks; the checks must say so. The same model with its gradient passes them."""
+    import jax
+    import jax.numpy as jnp
+
+    w = jax.random.normal(jax.random.key(1), (64, 10))
+    x = jax.random.uniform(jax.random.key(2), (200, 8, 8, 1))
+
+    def honest(z, key):
+        return z.reshape(z.shape[0], -1) @ w
+
+    def masked(z, key):
+        return jax.lax.stop_gradient(z).reshape(z.shape[0], -1) @ w
+
+    y = jnp.argmax(honest(x, None), -1)
+    bad, good = _checks_on(masked, x, y), _checks_on(honest, x, y)
+    for name in (
+        "zero_gradient", "large_eps_near_chance", "no_me_attack_succeeds",
+        "fixed_mask_attack_succeeds",
+    ):  # fmt: skip
+        assert bad[name]["status"] == "WARN", (name, bad[name])
+        assert good[name]["status"] == "PASS", (name, good[name])
