@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax.attacks import boundary, fgsm, linf_distance, margin, pgd, spsa
+from menet_jax.attacks import boundary, cw_l2, fgsm, linf_distance, margin, pgd, spsa
 from menet_jax.attacks.boundary import (
     _adversarial_fn,
     _initial_walk,
@@ -524,6 +524,9 @@ def test_each_attack_traces_once_for_two_calls():
         "boundary_one_proposal": lambda xx, k, e: boundary(
             counted, xx, y, k, steps=int(e * 50), proposals=1
         ),
+        "cw_l2": lambda xx, k, e: cw_l2(
+            counted, xx, y, k, confidence=e, steps=int(e * 50), learning_rate=e, initial_const=e
+        ),
     }
     for name, call in calls.items():
         call(x, jax.random.key(0), 0.1).block_until_ready()
@@ -569,6 +572,10 @@ def test_pytree_logits_fn_passes_params_as_arguments():
         (lambda x, y, k: spsa(linear10, x, y, k, eps=0.1, samples=10, batch_samples=4), "samples"),
         (lambda x, y, k: boundary(linear10, x, y, k, step_adaptation=1.0), "step_adaptation"),
         (lambda x, y, k: boundary(linear10, x, y, k, proposals=0), "proposals"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, confidence=-1.0), "confidence"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, binary_search_steps=0), "binary_search_steps"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, learning_rate=0.0), "learning_rate"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, initial_const=-1.0), "initial_const"),
         (lambda x, y, k: fgsm(linear10, x, y, jax.random.PRNGKey(0), eps=0.1), "key"),
         (lambda x, y, k: fgsm(linear10, x[0], y, k, eps=0.1), "x must be"),
         (lambda x, y, k: fgsm(linear10, x, y[:3], k, eps=0.1), "y must be"),
