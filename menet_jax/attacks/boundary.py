@@ -10,15 +10,17 @@ statistics. Batched over examples in one jitted `lax` loop. Two generations of f
 * `proposals=1`: foolbox 3's walk, one proposal per step; every `stats_every` steps the
   spherical point is judged too and the records are unconditional (spherical success > 0.5 or
   < 0.2 scales both sizes, step success > 0.25 or < 0.1 the source step).
-* `proposals=k > 1`: foolbox 1.6.2's (the version the ME-Net authors used; 1.8 and 2.0 have the
-  same walk) with `max_directions=k`, the k candidates of a step in one batched model call, i.e.
+* `proposals=k > 1`: foolbox 1.6.2's (the version the ME-Net authors used; 1.8 and 2.0 keep its
+  rules) with `max_directions=k`, the k candidates of a step in one batched model call, i.e.
   foolbox's `batch_size = max_directions`: the first of them that is adversarial (and closer) is
-  taken. On statistics steps all k spherical points are judged first, a candidate counts only if
+  taken. On statistics steps all k spherical points are judged too, a candidate counts only if
   its spherical point is adversarial, and the step record is the success of those candidates
   (conditional); both rates adapt at > 0.5 and < 0.2. foolbox 1.6.2's defaults:
   `max_directions=25`, `spherical_step=source_step=1e-2`, `step_adaptation=1.5`, records of
   100 (spherical) and 30 (step), statistics every 10th step, `iterations=5000` (the authors
-  passed 1000).
+  passed 1000). Not followed: once the source step falls below 1e-7, foolbox 1.x resets both
+  sizes to 1e-2 once and judges spherical points on every step while it confirms convergence;
+  here such an example stops, as in foolbox 3.
 
 Not projected into any eps-ball: the caller counts a success only when the returned image is
 misclassified and `linf_distance(x, x_adv) <= eps`. The walk minimises the L2 distance; the image
@@ -130,8 +132,9 @@ def _blend_towards_x(is_adv, flat_x, noise, clean_adv, found, k_search, init_sea
     def search_body(j, carry):
         lo, hi = carry
         mid = (lo + hi) / 2
-        blend = (1 - mid[:, None]) * flat_x + mid[:, None] * noise
-        adv = is_adv(blend, jax.random.fold_in(k_search, j))
+        adv = is_adv(
+            (1 - mid[:, None]) * flat_x + mid[:, None] * noise, jax.random.fold_in(k_search, j)
+        )
         return jnp.where(adv, lo, mid), jnp.where(adv, mid, hi)
 
     ones = jnp.ones((flat_x.shape[0],), jnp.float32)
