@@ -4,6 +4,10 @@ References are closed forms on linear models, plain-Python loops written from th
 key schedule, and properties (eps-ball, [0, 1], monotonicity) that hold for any model.
 """
 
+import collections
+import pathlib
+from functools import partial
+
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -11,7 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax.attacks import boundary, fgsm, linf_distance, margin, pgd, spsa
+from menet_jax.attacks import boundary, cw_l2, fgsm, linf_distance, margin, pgd, spsa
+from menet_jax.attacks.boundary import (
+    _adversarial_fn,
+    _initial_walk,
+    _propose,
+    _push,
+    _walk_step,
+)
 from menet_jax.attacks.linf import project_linf
 from menet_jax.attacks.losses import cross_entropy, cw_loss
 
@@ -337,10 +348,11 @@ def test_spsa_reduces_accuracy_on_linear_model():
     )
 
 
-def test_boundary_finds_adversarials_closer_over_steps():
+@pytest.mark.parametrize("proposals", [1, 5])
+def test_boundary_finds_adversarials_closer_over_steps(proposals):
     x, y = _data()
     key = jax.random.key(2)
-    runs = [boundary(linear10, x, y, key, steps=s) for s in (0, 100, 400)]
+    runs = [boundary(linear10, x, y, key, steps=s, proposals=proposals) for s in (0, 100, 400)]
     dists = [np.asarray(linf_distance(x, r)) for r in runs]
     for r in runs:
         r = np.asarray(r)
@@ -354,6 +366,118 @@ def test_boundary_finds_adversarials_closer_over_steps():
     assert np.mean(dists[2][found]) < 0.7 * np.mean(dists[0][found])
     # Examples with no adversarial start come back unchanged.
     np.testing.assert_array_equal(np.asarray(runs[2])[~found], np.asarray(x)[~found])
+
+
+# Made by boundary() at commit ffd1f1d, before `proposals` existed: x, y and xs, ys are the inputs,
+# the other arrays its outputs for the calls in `_SINGLE_PROPOSAL_CALLS`.
+_BEFORE_PROPOSALS = pathlib.Path(__file__).parent / "data" / "boundary_single_proposal.npz"
+_SINGLE_PROPOSAL_CALLS = {
+    "linear10_k2_s150": (linear10, "x", 2, dict(steps=150)),
+    "masked_k3_s150": (masked_linear10, "x", 3, dict(steps=150)),
+    "anyshape_k4_s80": (masked_any_shape, "xs", 4, dict(steps=80)),
+    "linear10_k5_s300_w3": (
+        linear10,
+        "x",
+        5,
+        dict(steps=300, spherical_window=3, step_window=2, stats_every=4),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SINGLE_PROPOSAL_CALLS))
+def test_boundary_one_proposal_is_the_walk_before_proposals(name):
+    saved = np.load(_BEFORE_PROPOSALS)
+    fn, inputs, seed, opts = _SINGLE_PROPOSAL_CALLS[name]
+    x, y = saved[inputs], saved["y" if inputs == "x" else "ys"]
+    out = np.asarray(boundary(fn, x, y, jax.random.key(seed), proposals=1, **opts))
+    assert np.any(out != x), "the saved walk moved nothing: the comparison would prove little"
+    if jax.default_backend() == "cpu":  # where the file was made: bit for bit
+        np.testing.assert_array_equal(out, saved[name])
+    else:  # other backends may round differently
+        np.testing.assert_allclose(out, saved[name], atol=1e-5)
+
+
+def test_boundary_more_proposals_come_closer():
+    x, y = _data()
+    y_np = np.asarray(y)
+    for seed in (0, 1):
+        means = {}
+        for proposals in (1, 25):
+            out = boundary(linear10, x, y, jax.random.key(seed), steps=100, proposals=proposals)
+            assert np.all(np.argmax(np.asarray(linear10(out, None)), -1) != y_np)
+            l2 = np.linalg.norm((np.asarray(out) - np.asarray(x)).reshape(x.shape[0], -1), axis=1)
+            means[proposals] = l2.mean()
+        # 25 candidates per step find an accepted one far more often: clearly closer.
+        assert means[25] < 0.8 * means[1], means
+
+
+def stripes(x, key):
+    """Two classes alternating in narrow bands of the image mean: no convex class regions."""
+    del key
+    s = jnp.sin(150.0 * jnp.mean(x.reshape(x.shape[0], -1), axis=-1))
+    return jnp.stack([jnp.zeros_like(s), s], axis=-1)
+
+
+@pytest.mark.parametrize("t", [0, 9])  # step 9 is a statistics step (every 10th)
+def test_boundary_step_takes_the_first_good_proposal(t):
+    # One walk step against a loop over the proposals, keys as the module docstring gives them.
+    x, y = _data(0, (16, 4, 4, 1), stripes)
+    flat_x = np.asarray(x).reshape(x.shape[0], -1)
+    start = np.asarray(jax.random.uniform(jax.random.key(10), flat_x.shape))
+    is_adv = jax.jit(_adversarial_fn(stripes, x.shape, y))
+    found = np.asarray(is_adv(jnp.asarray(start), None))
+    proposals, k_walk = 6, jax.random.key(0)
+    walk = _initial_walk(jnp.asarray(start), jnp.asarray(flat_x), 0.5, 0.2, 100, 30)
+    step = partial(
+        _walk_step,
+        is_adv=is_adv,
+        flat_x=jnp.asarray(flat_x),
+        found=jnp.asarray(found),
+        k_walk=k_walk,
+        step_adaptation=1.5,
+        stats_every=10,
+        windows=(100, 30),
+        proposals=proposals,
+    )
+    new = jax.jit(step)(jnp.int32(t), walk)
+    k_t = jax.random.fold_in(k_walk, t)
+    sizes = (walk.sizes.spherical, walk.sizes.source)  # [B] each
+    expected, taken = start.copy(), np.zeros(x.shape[0], bool)
+    gated_out = 0  # adversarial, closer candidates whose spherical point was not adversarial
+    propose = jax.jit(_propose)
+    for i in range(proposals):
+        k_eta, _, _ = jax.random.split(k_t if i == 0 else jax.random.fold_in(k_t, i), 3)
+        dist, spherical, cand = (np.asarray(a) for a in propose(flat_x, start, *sizes, k_eta))
+        good = np.asarray(is_adv(jnp.asarray(cand), None)) & found & ~taken
+        good &= np.linalg.norm(flat_x - cand, axis=1) < dist
+        if t == 9:  # foolbox 1.x: on statistics steps the spherical point must be adversarial
+            spherical_adv = np.asarray(is_adv(jnp.asarray(spherical), None))
+            gated_out += np.sum(good & ~spherical_adv)
+            good &= spherical_adv
+        expected[good], taken = cand[good], taken | good
+    assert taken.sum() >= 3, "too few accepted proposals for the comparison to mean much"
+    assert t != 9 or gated_out >= 1, "the spherical condition changed nothing here"
+    np.testing.assert_allclose(np.asarray(new.best), expected, atol=1e-6)
+
+
+def test_push_keeps_the_last_window_records_like_a_deque():
+    rng = np.random.default_rng(0)
+    batch, window, k = 3, 7, 5
+    buffer = jnp.zeros((batch, window), jnp.float32)
+    count = jnp.zeros((batch,), jnp.int32)
+    deques = [collections.deque(maxlen=window) for _ in range(batch)]
+    pushed = np.zeros(batch, int)
+    for _ in range(6):
+        values = rng.uniform(size=(batch, k)).astype(np.float32)
+        valid = rng.uniform(size=(batch, k)) < 0.6
+        buffer, count = _push(buffer, count, jnp.asarray(values), jnp.asarray(valid))
+        pushed += valid.sum(axis=1)
+        for b in range(batch):
+            deques[b].extend(values[b][valid[b]])
+    np.testing.assert_array_equal(np.asarray(count), pushed)
+    for b in range(batch):
+        padded = list(deques[b]) + [0.0] * (window - len(deques[b]))
+        np.testing.assert_array_equal(np.sort(np.asarray(buffer[b])), np.sort(padded))
 
 
 def test_boundary_returns_x_when_nothing_is_adversarial():
@@ -397,6 +521,12 @@ def test_each_attack_traces_once_for_two_calls():
             counted, xx, y, k, eps=e, steps=int(e * 50), samples=8, batch_samples=4
         ),
         "boundary": lambda xx, k, e: boundary(counted, xx, y, k, steps=int(e * 50)),
+        "boundary_one_proposal": lambda xx, k, e: boundary(
+            counted, xx, y, k, steps=int(e * 50), proposals=1
+        ),
+        "cw_l2": lambda xx, k, e: cw_l2(
+            counted, xx, y, k, confidence=e, steps=int(e * 50), learning_rate=e, initial_const=e
+        ),
     }
     for name, call in calls.items():
         call(x, jax.random.key(0), 0.1).block_until_ready()
@@ -441,6 +571,11 @@ def test_pytree_logits_fn_passes_params_as_arguments():
         ),
         (lambda x, y, k: spsa(linear10, x, y, k, eps=0.1, samples=10, batch_samples=4), "samples"),
         (lambda x, y, k: boundary(linear10, x, y, k, step_adaptation=1.0), "step_adaptation"),
+        (lambda x, y, k: boundary(linear10, x, y, k, proposals=0), "proposals"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, confidence=-1.0), "confidence"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, binary_search_steps=0), "binary_search_steps"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, learning_rate=0.0), "learning_rate"),
+        (lambda x, y, k: cw_l2(linear10, x, y, k, initial_const=-1.0), "initial_const"),
         (lambda x, y, k: fgsm(linear10, x, y, jax.random.PRNGKey(0), eps=0.1), "key"),
         (lambda x, y, k: fgsm(linear10, x[0], y, k, eps=0.1), "x must be"),
         (lambda x, y, k: fgsm(linear10, x, y[:3], k, eps=0.1), "y must be"),
