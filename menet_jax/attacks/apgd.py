@@ -22,12 +22,13 @@ the loss and its gradient, each the mean over `eot_samples` model keys at the po
 What it returns, per example: `return_best="loss"` (the default), the point of highest mean loss
 among x_0 .. x_N; `"adversarial"`, the last iterate misclassified on a strict majority of its
 step's EOT draws, else the point of highest mean loss. AutoAttack's single run computes both
-(`x_best`, and `x_best_adv`, the last iterate its last draw misclassified) and, without
-`best_loss=True`, returns the second. Against a randomised model one draw's mistake is weak
-evidence that a fresh mask errs too, and the evaluation judges with fresh masks (§6.1), so the
-point of highest loss averaged over many draws is the natural candidate; for a deterministic
-model "adversarial" is AutoAttack's choice. Restarts are further calls with other keys, each
-judged on its own (§6.3).
+(`x_best`, and `x_best_adv`, the last iterate its last draw misclassified); without
+`best_loss=True` its `perturb` returns the second where some iterate was misclassified and x
+itself elsewhere. Against a randomised model one draw's mistake is weak evidence that a fresh
+mask errs too, and the evaluation judges with fresh masks (docs/method.md §6.1), so the point
+of highest loss averaged over many draws is the natural candidate; for a deterministic model
+"adversarial" is AutoAttack's choice. Restarts are further calls with other keys, each judged
+on its own (§6.3).
 
 Where this follows the paper rather than AutoAttack's code, or differs from both, and why:
   * The loss is averaged over the EOT draws like the gradient; AutoAttack averages only the
@@ -37,8 +38,9 @@ Where this follows the paper rather than AutoAttack's code, or differs from both
     steps shrinking by max(int(0.03 N), 1) to max(int(0.06 N), 1): the same for N = 100,
     different for other N.
   * Condition 1 is the paper's strict "<" over the window's steps, the first window including
-    the step from x_0 to x_1, a step after a reset compared with the loss of the point it left;
-    AutoAttack's code uses "<=", and its first window compares x_1 with a zero placeholder.
+    the step from x_0 to x_1; AutoAttack's code uses "<=", and its first window compares x_1
+    with a zero placeholder. The first step after a reset counts as a rise if it beats the
+    best point it started from (AutoAttack's code: the discarded iterate).
   * The random start is uniform in the ball as in `pgd`; AutoAttack rescales a uniform draw so
     that its largest coordinate is eps.
   * Targeted DLR picks its target among the classes other than y (`target_rank` 2: the highest

@@ -6,7 +6,8 @@
   maximises min(-margin, kappa): flat once a wrong logit beats the true one by kappa.
 * `dlr_loss`: Croce and Hein's difference of logits ratio, -margin / (z_pi1 - z_pi3), with
   z_pi1 >= z_pi2 >= ... the sorted logits: unchanged by shifting or (positively) scaling the
-  logits, so it does not saturate the way cross-entropy does. At least 3 classes.
+  logits, so it does not saturate the way cross-entropy does. At least 3 classes. Exactly 1
+  wherever the true class ranks third (z_y = z_pi3), so its gradient there is rounding noise.
 * `dlr_targeted_loss`: its targeted form, -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), for a
   target class t. At least 4 classes.
 * `attack_loss` picks an untargeted one by its name in `LOSSES`.
