@@ -34,10 +34,16 @@ def linear10(x, key):
     return x.reshape(x.shape[0], -1) @ W10
 
 
-def masked_linear10(x, key):
-    """Randomised: each pixel kept with probability 0.7 (a mask from the key), then linear."""
-    mask = jax.random.bernoulli(key, 0.7, x.shape).astype(x.dtype)
-    return (x * mask).reshape(x.shape[0], -1) @ W10
+BOX = (3, 5, 5, 2)  # small images, two channels
+W50 = jnp.asarray(_weights(4, d=50))
+
+
+def masked_linear(x, key):
+    """Randomised, on BOX images: each pixel kept with probability 0.7 (a mask from the key;
+    none without one), then a 10-class linear layer."""
+    if key is not None:
+        x = x * jax.random.bernoulli(key, 0.7, x.shape).astype(x.dtype)
+    return x.reshape(x.shape[0], -1) @ W50
 
 
 A4 = jnp.asarray(_weights(1, k=4, scale=0.6))
@@ -144,34 +150,23 @@ CONFIGS = {
     "dlr_eot2": dict(loss="dlr", eot_samples=2),
     "dlr_targeted_adversarial": dict(loss="dlr_targeted", return_best="adversarial"),
 }
-BOX = (3, 5, 5, 2)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_eps_zero_returns_x(name):
-    x, y = _data(0, BOX, masked_linear10_any)
-    out = apgd(masked_linear10_any, x, y, jax.random.key(5), eps=0.0, steps=5, **CONFIGS[name])
+    x, y = _data(0, BOX, masked_linear)
+    out = apgd(masked_linear, x, y, jax.random.key(5), eps=0.0, steps=5, **CONFIGS[name])
     assert out.dtype == jnp.float32 and out.shape == x.shape
     np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
-
-
-W50 = jnp.asarray(_weights(4, d=50))
-
-
-def masked_linear10_any(x, key):
-    """`masked_linear10` for BOX-shaped images (50 pixels)."""
-    if key is not None:
-        x = x * jax.random.bernoulli(key, 0.7, x.shape).astype(x.dtype)
-    return x.reshape(x.shape[0], -1) @ W50
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("eps, seed", [(0.03, 0), (0.3, 1), (0.6, 2)])
 def test_results_stay_in_ball_and_box(name, eps, seed):
-    x, y = _data(seed, BOX, masked_linear10_any)
+    x, y = _data(seed, BOX, masked_linear)
     x = x.at[:, 0].set(0.0).at[:, -1].set(1.0)  # pixels at 0 and 1 exercise the box
     out = np.asarray(
-        apgd(masked_linear10_any, x, y, jax.random.key(seed), eps=eps, steps=6, **CONFIGS[name])
+        apgd(masked_linear, x, y, jax.random.key(seed), eps=eps, steps=6, **CONFIGS[name])
     )
     assert out.shape == x.shape and out.dtype == np.float32
     assert np.all(out >= 0.0) and np.all(out <= 1.0)
@@ -428,10 +423,10 @@ def test_traces_once_per_static_configuration():
 
     def apply(w, x, key):
         traces["n"] += 1  # runs only while tracing
-        return masked_linear10_any(x, key) + x.reshape(x.shape[0], -1)[:, :10] @ w
+        return masked_linear(x, key) + x.reshape(x.shape[0], -1)[:, :10] @ w
 
-    x, y = _data(0, BOX, masked_linear10_any)
-    x2, _ = _data(9, BOX, masked_linear10_any)
+    x, y = _data(0, BOX, masked_linear)
+    x2, _ = _data(9, BOX, masked_linear)
     calls = [
         (x, 0, 0.1, 5, 0.75, 0.75, 2, jnp.zeros((10, 10))),
         (x2, 1, 0.2, 9, 0.5, 0.6, 3, jnp.ones((10, 10))),
