@@ -53,6 +53,17 @@ def test_attack_benchmark_prints_documented_keys(capsys):
     assert "attack/bpda_pgd/resnet18/seconds" not in vals
 
 
+def test_attack_benchmark_times_apgd_on_request(capsys):
+    assert (
+        attack.main(["--models", "lenet", "--steps", "2", "--batch", "4", "--attack", "apgd"]) == 0
+    )
+    vals = _values(capsys.readouterr().out)
+    assert vals["attack/config"] == "steps=2 batch=4 p=0.5 me=usvt bpda=1 attack=apgd loss=ce eot=1"
+    for key in ("steps_x_images_per_s", "seconds", "first_call_seconds"):
+        assert float(vals[f"attack/bpda_apgd/lenet/{key}"]) > 0
+    assert not any("bpda_pgd" in key for key in vals)
+
+
 @pytest.mark.parametrize(
     "main, argv, named",
     [
@@ -65,6 +76,7 @@ def test_attack_benchmark_prints_documented_keys(capsys):
         (attack.main, ["--models", "vgg"], "'vgg'"),
         (attack.main, ["--batch", "0"], "--batch=0"),
         (attack.main, ["--unknown"], "--unknown"),
+        (attack.main, ["--attack", "fgsm"], "'fgsm'"),
         (bench_cli.main, ["profile"], "'profile'"),
         (bench_cli.main, [], "nothing"),
     ],

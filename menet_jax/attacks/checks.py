@@ -46,3 +46,12 @@ def check_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def check_fraction(name: str, value: Any) -> None:
+    """Raises ValueError unless a concrete `value` is a number in [0, 1] (tracers pass)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    v = np.asarray(value)
+    if v.shape != () or not np.isfinite(v) or not 0 <= v <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")

@@ -209,8 +209,9 @@ def pgd(
         (misclassified by one call of `logits_fn` with a key the attack never used), else the
         one of highest loss at that call. Restart r uses the same keys whatever `restarts` is,
         so more restarts never make an example's result worse.
-      loss: "ce" (cross-entropy) or "cw" (Madry's CW-L-inf margin loss; the attacker minimises
-        max(z_y - max_{j != y} z_j, -kappa)).
+      loss: "ce" (cross-entropy), "cw" (Madry's CW-L-inf margin loss; the attacker minimises
+        max(z_y - max_{j != y} z_j, -kappa)) or "dlr" (Croce and Hein's difference of logits
+        ratio, `losses.dlr_loss`; at least 3 classes).
       kappa: confidence of the "cw" loss (>= 0).
       eot_samples: model keys per step (>= 1); the gradient (and loss) is their mean.
       keep_best: return, per example, the iterate (the final one included) of highest mean loss

@@ -1,18 +1,22 @@
-"""`python -m menet_jax.bench attack`: BPDA-PGD throughput through online USVT.
+"""`python -m menet_jax.bench attack`: BPDA-PGD (or BPDA-APGD) throughput through online USVT.
 
 For Madry's MNIST CNN on 28x28x1 and a ResNet-18 on 32x32x3 (random weights: speed does not
 depend on them), one jitted `pgd` call whose `logits_fn` masks each image (p), rebuilds it with
 USVT and classifies it, with BPDA (the backward pass treats ME as the identity). Prints
 `name: value` lines; the figure is PGD steps x images per second, i.e. forward+backward passes
-(with one ME each) per second, measured on a second call after compilation.
+(with one ME each) per second, measured on a second call after compilation. `--attack=apgd`
+times `apgd` (cross-entropy, one model key per step) instead, under `attack/bpda_apgd/...`; it
+evaluates x_0 .. x_N, so its figure counts (steps + 1) x images.
 
   python -m menet_jax.bench attack                       # 16 steps x 64 images, both models
   python -m menet_jax.bench attack --models=lenet --steps=40 --batch=256
+  python -m menet_jax.bench attack --models=lenet --attack=apgd
 """
 
 import jax
 import jax.numpy as jnp
 
+from menet_jax.attacks.apgd import apgd
 from menet_jax.attacks.pgd import pgd
 from menet_jax.bench import common
 from menet_jax.config import default_config
@@ -47,7 +51,9 @@ def bpda_logits_fn(
     return clf.logits_fn("menet", gradient="bpda")
 
 
-def _measure(name: str, *, steps: int, batch: int, p: float, seed: int) -> dict[str, float]:
+def _measure(
+    name: str, *, attack: str, steps: int, batch: int, p: float, seed: int
+) -> dict[str, float]:
     from flax import nnx
 
     from menet_jax.models import create_model
@@ -68,12 +74,15 @@ def _measure(name: str, *, steps: int, batch: int, p: float, seed: int) -> dict[
     y = jax.random.randint(ky, (batch,), 0, classes)
 
     def run(key):
+        if attack == "apgd":
+            return apgd(logits_fn, x, y, key, eps=eps, steps=steps)
         return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps)
 
+    passes = steps + 1 if attack == "apgd" else steps  # forward+backward passes per image
     first, _ = common.timed(run, jax.random.key(seed + 1))
     second, _ = common.timed(run, jax.random.key(seed + 2))
     return {
-        "steps_x_images_per_s": steps * batch / second,
+        "steps_x_images_per_s": passes * batch / second,
         "seconds": second,
         "first_call_seconds": first,  # compile + one run
     }
@@ -85,12 +94,15 @@ def _parse(argv: list[str]):
         prog="python -m menet_jax.bench attack", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--models", default="lenet,resnet18", help="comma-separated subset")
-    parser.add_argument("--steps", type=int, default=16, help="PGD steps")
+    parser.add_argument("--steps", type=int, default=16, help="PGD (APGD) steps")
+    parser.add_argument("--attack", default="pgd", help="pgd or apgd")
     parser.add_argument("--batch", type=int, default=64, help="images per attack")
     parser.add_argument("--p", type=float, default=0.5, help="observation probability of ME")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
+    if args.attack not in ("pgd", "apgd"):
+        raise common.UsageError(f"--attack must be pgd or apgd, got {args.attack!r}.")
     unknown = [n for n in names if n not in _SETUPS]
     if unknown or not names:
         raise common.UsageError(
@@ -112,11 +124,14 @@ def main(argv: list[str]) -> int:
         return common.fail(e)
     backend, count, _ = common.devices()
     common.report("attack/backend", f"{backend} ({count} devices)")
-    common.report(
-        "attack/config", f"steps={args.steps} batch={args.batch} p={args.p} me=usvt bpda=1"
-    )
+    config = f"steps={args.steps} batch={args.batch} p={args.p} me=usvt bpda=1"
+    if args.attack == "apgd":
+        config += " attack=apgd loss=ce eot=1"
+    common.report("attack/config", config)
     for name in names:
-        result = _measure(name, steps=args.steps, batch=args.batch, p=args.p, seed=args.seed)
+        result = _measure(
+            name, attack=args.attack, steps=args.steps, batch=args.batch, p=args.p, seed=args.seed
+        )
         for key, value in result.items():
-            common.report(f"attack/bpda_pgd/{name}/{key}", f"{value:.2f}")
+            common.report(f"attack/bpda_{args.attack}/{name}/{key}", f"{value:.2f}")
     return 0
