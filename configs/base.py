@@ -33,6 +33,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval.spsa_samples = 2048
     c.eval.boundary_examples = 100
     c.eval.boundary_steps = 1000
+    c.eval.boundary_proposals = 25  # foolbox 1.6.2's max_directions, as the authors ran it
+    # APGD for randomised defences (AutoAttack's "rand" version): 100 iterations, EOT 20.
+    c.eval.apgd_losses = ("ce", "dlr")
+    c.eval.apgd_steps = 100
+    c.eval.apgd_eot_samples = 20
+    c.eval.apgd_examples = -1
+    # The authors' transfer CW: CW-L2 with confidence 20, 1,000 iterations (foolbox 1.6.2).
+    c.eval.cw_l2_confidence = 20.0
+    c.eval.cw_l2_steps = 1000
     c.eval.eval_keys = 5  # R fixed evaluation draws of ME-Net's randomness
     c.eval.cw_examples = -1  # -1: all eval.num_examples; 0 skips a row (every *_examples)
     c.eval.eot_step_size = -1.0  # -1: 5 * eps / eot_steps (Tramer et al.: 5 * eps / 200)

@@ -45,18 +45,24 @@ def get_config(arg=None):
     c.adv.eps, c.adv.step_size, c.adv.steps = 0.3, 0.01, 40
     c.eval.eps, c.eval.step_size = 0.3, 0.01
     c.eval.pgd_steps = (40,)
-    c.eval.num_examples = 1000
+    # The headline's rows (clean, FGSM, PGD-40, CW, BPDA+EOT, APGD-CE/DLR+EOT, network-only,
+    # gray-box) all run on the same 500 digits; diagnostics on fewer, cut to CPU size.
+    c.eval.num_examples = 500
     c.eval.long_pgd_steps = 1000
     c.eval.long_pgd_examples = 20
-    c.eval.eot_samples = 8
+    c.eval.eot_samples = 4
     c.eval.eot_steps = 40
-    c.eval.eot_examples = 80
+    c.eval.eot_examples = -1
     c.eval.spsa_examples = 32
     c.eval.spsa_steps = 30
     c.eval.spsa_samples = 64
     c.eval.boundary_examples = 32
     c.eval.boundary_steps = 300
-    c.eval.cw_examples = 200
+    c.eval.boundary_proposals = 1
+    c.eval.apgd_steps = 50
+    c.eval.apgd_eot_samples = 4
+    c.eval.cw_l2_steps = 100
+    c.eval.cw_examples = -1
     c.eval.vote_examples = 200
     c.eval.sweep_examples = 100
     apply_variant(c, arg, {"adv": _adv})

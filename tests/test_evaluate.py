@@ -27,6 +27,7 @@ def eval_config(**overrides):
     ev.eot_samples, ev.eot_steps = 2, 3
     ev.spsa_steps, ev.spsa_samples = 2, 8
     ev.boundary_steps, c.me.votes = 5, 3
+    ev.boundary_proposals, ev.apgd_steps, ev.apgd_eot_samples, ev.cw_l2_steps = 3, 4, 2, 3
     return c
 
 
@@ -49,7 +50,8 @@ def me_report(workdirs):
 
 EXPECTED_ROWS = [
     "fgsm", "pgd_3", "pgd_long_5", "cw_k20", "cw_k50", "bpda_eot", "network_only", "graybox",
-    "transfer_fgsm", "transfer_pgd_3", "transfer_cw_k20", "spsa", "boundary", "vote_clean",
+    "transfer_fgsm", "transfer_pgd_3", "transfer_cw_k20", "transfer_cw_l2_c20", "spsa",
+    "boundary", "vote_clean", "apgd_ce", "apgd_dlr",
     "vote_pgd_3", "sweep_eps_x0", "sweep_eps_x0.25", "sweep_eps_x0.5", "sweep_eps_x1",
     "sweep_eps_x2", "sweep_eps_x4", "no_me_pgd", "fixed_mask_pgd",
 ]  # fmt: skip
@@ -87,7 +89,8 @@ def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, wo
     counted = sorted(["clean"] + [n for n, a in r["attacks"].items() if a["in_headline"]])
     assert h["rows"] == counted and h["n"] == N
     assert "pgd_3" in counted and "bpda_eot" in counted and "graybox" in counted
-    for diagnostic in ("spsa", "boundary", "transfer_pgd_3", "pgd_long_5", "vote_clean"):
+    assert "apgd_ce" in counted and "apgd_dlr" in counted
+    for diagnostic in ("spsa", "boundary", "transfer_cw_l2_c20", "pgd_long_5", "vote_clean"):
         assert diagnostic not in counted
     assert sum(h["decided_by"].values()) == N
     assert h["interval"][0] <= h["accuracy"] <= h["interval"][1]

@@ -30,9 +30,7 @@ def write_markdown(report: dict, path: str) -> None:
         f"{h['interval'][1]:.1%}) on {h['n']} test examples{head_top5}: per example the worst "
         f"case over the counted rows ({', '.join(h['rows'])}) and their restarts, chosen on "
         "selection draws and measured on independent fresh draws (docs/method.md §6.2). Rows "
-        "that decided it: "
-        + ", ".join(f"{k} {v}" for k, v in h["decided_by"].items())
-        + ".",
+        "that decided it: " + ", ".join(f"{k} {v}" for k, v in h["decided_by"].items()) + ".",
         "",
         f"Model {report.get('model')} on {report.get('dataset')}, step {report.get('step')}; "
         f"ME {me.get('method')} at inference p {_fmt(me.get('inference_p'))}. Each row's "

@@ -21,6 +21,7 @@ GROUPS = (
     "pgd",
     "cw",
     "eot",
+    "apgd",
     "network_only",
     "graybox",
     "transfer",
@@ -67,6 +68,7 @@ def validate_eval(ev: ml_collections.ConfigDict) -> None:
         "sweep_examples",
         "cw_examples",
         "vote_examples",
+        "apgd_examples",
     ):
         v = ev[key]
         if not (is_int(v) and v >= -1):
@@ -79,6 +81,10 @@ def validate_eval(ev: ml_collections.ConfigDict) -> None:
         "boundary_steps",
         "eval_keys",
         "long_pgd_steps",
+        "apgd_steps",
+        "apgd_eot_samples",
+        "boundary_proposals",
+        "cw_l2_steps",
     ):
         if not (is_int(ev[key]) and ev[key] >= 1):
             raise _err(key, ev[key], "a positive integer")
@@ -98,6 +104,11 @@ def validate_eval(ev: ml_collections.ConfigDict) -> None:
         raise _err("eps_multipliers", mults, "strictly increasing numbers >= 0")
     if not (is_int(ev.spsa_samples) and ev.spsa_samples >= 2 and ev.spsa_samples % 2 == 0):
         raise _err("spsa_samples", ev.spsa_samples, "an even integer >= 2")
+    losses = tuple(ev.apgd_losses)
+    if not losses or not set(losses) <= {"ce", "dlr", "dlr_targeted"}:
+        raise _err("apgd_losses", losses, "a non-empty tuple of 'ce', 'dlr', 'dlr_targeted'")
+    if not ev.cw_l2_confidence >= 0:
+        raise _err("cw_l2_confidence", ev.cw_l2_confidence, "a number >= 0")
     for key in ("spsa_learning_rate", "spsa_delta"):
         if not ev[key] > 0:
             raise _err(key, ev[key], "positive")

@@ -196,6 +196,21 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
         threat = "white-box BPDA+EOT"
         kw = {"steps": s, "size": size, "eot_samples": ev.eot_samples, "keep_best": True}
         pgd_row("bpda_eot", "eot", threat, n_eot, model.bpda, **kw)
+    if "apgd" in groups:
+        samples = int(ev.apgd_eot_samples) if model.uses_me else 1  # EOT needs randomness
+        n_apgd = _size(ev.apgd_examples, n_all)
+        for loss in ev.apgd_losses:
+            opts = {"eps": eps, "steps": int(ev.apgd_steps), "loss": loss, "eot_samples": samples}
+
+            def apgd(x, y, k, opts=opts):
+                return attacks.apgd(model.bpda, x, y, k, **opts)
+
+            threat = f"{bpda} APGD-{loss.upper().replace('_TARGETED', '-T')}" + (
+                "+EOT" if samples > 1 else ""
+            )
+            params = {**opts, "restarts": int(ev.restarts)}
+            add(Row(f"apgd_{loss}", "apgd", threat, n_apgd, params, make=apgd,
+                    restarts=int(ev.restarts)))  # fmt: skip
     if "network_only" in groups:
 
         def at_rec(x, k):
@@ -216,6 +231,21 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
         for kappa in list(ev.cw_kappas)[:1]:
             kw = {"loss": "cw", "kappa": float(kappa), "counted": False}
             pgd_row(f"transfer_cw_k{kappa:g}", "transfer", threat, n_all, source.bpda, **kw)
+        # The authors' transfer CW: foolbox CW-L2 at confidence 20, unbounded in L-inf, where any
+        # misclassified iterate counts as found (confident_only=False, as foolbox 1.6.2 did).
+        cw_l2_opts = {
+            "confidence": float(ev.cw_l2_confidence),
+            "steps": int(ev.cw_l2_steps),
+            "confident_only": False,
+        }
+
+        def cw_l2(x, y, k):
+            return attacks.cw_l2(source.bpda, x, y, k, **cw_l2_opts)
+
+        name = f"transfer_cw_l2_c{ev.cw_l2_confidence:g}"
+        threat = f"transfer ({via}), CW-L2 unbounded (the authors' transfer CW)"
+        params = {"eps": None, **cw_l2_opts}  # eps None: unbounded (an L2 attack)
+        add(Row(name, "transfer", threat, n_all, params, make=cw_l2, counted=False))
     if "spsa" in groups:
         samples = int(ev.spsa_samples)
         spsa_kw = {
@@ -236,9 +266,11 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
     if "boundary" in groups:
 
         def boundary(x, y, k):
-            return attacks.boundary(model.bpda, x, y, k, steps=ev.boundary_steps)
+            return attacks.boundary(
+                model.bpda, x, y, k, steps=ev.boundary_steps, proposals=ev.boundary_proposals
+            )
 
-        params = {"eps": eps, "steps": ev.boundary_steps}
+        params = {"eps": eps, "steps": ev.boundary_steps, "proposals": ev.boundary_proposals}
         n_b = _size(ev.boundary_examples, n_all)
         add(
             Row(
