@@ -1,7 +1,7 @@
 """Every random stream of a run, derived from `jax.random.key(config.seed)`.
 
 Training example (image i, copy k) of S' is masked with fold_in(fold_in(key(seed), i), k)
-(`example_keys`). Image indices i are below 2**31 - 8, so the other streams fold in the ids
+(`example_keys`). Image indices i are below 2**31 - 16, so the other streams fold in the ids
 below, which no dataset reaches. Per-step draws fold the step into a stream's key (`step_key`), so
 a resumed run repeats an uninterrupted one. Changing any id changes what a run draws.
 """
@@ -19,6 +19,7 @@ CLEAN_EVAL = 2**31 - 4  # masks of the clean evaluation after training, per batc
 ATTACK = 2**31 - 5  # the evaluation's attacks: per row (`named`), then per batch
 JUDGE = 2**31 - 6  # the evaluation's judging draws r = 0..R-1
 SANITY = 2**31 - 7  # the evaluation's sanity measurements (zero-gradient check), per batch
+CROSSCHECK = 2**31 - 8  # the independent attack of `evaluation.crosscheck`, per variant and batch
 
 # Sub-stream of a batch's attack key for the one mask that a fixed-mask attack row attacks and
 # judges with, and that network-only attacks reconstruct with.

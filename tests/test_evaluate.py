@@ -105,6 +105,17 @@ def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, wo
             assert arrays[f"adversarial/{name}"].shape[1:] == (N, 28, 28, 1)
 
 
+def test_crosscheck_adds_an_independent_attack_to_the_same_headline(me_report, workdirs):
+    from menet_jax.evaluation import crosscheck
+
+    out = crosscheck.run(workdirs[0], steps=2, eot=2, batch_size=N)
+    # Recomputed from results.npz with the same estimator, the stored headline comes back.
+    assert out["headline_before"] == me_report["headline"]["accuracy"] and out["n"] == N
+    assert sorted(out["rows"]) == ["crosscheck_ce_bpda", "crosscheck_margin_bpda"]
+    assert 0 <= out["headline_after"] <= 1
+    assert os.path.exists(os.path.join(workdirs[0], "crosscheck.json"))
+
+
 def test_eps0_row_equals_clean(me_report):
     # Same examples, same judging draws, x_adv == x: the predictions are identical.
     assert me_report["attacks"]["sweep_eps_x0"]["accuracy"] == me_report["clean"]["accuracy"]

@@ -339,6 +339,12 @@ class _PerBatch:
 # Running
 
 
+def judging_keys(seed: int, draws: int) -> jax.Array:
+    """The 2R judging keys: draws 0..R-1 measure, R..2R-1 select (docs/method.md §6.2)."""
+    root = rng.stream(seed, rng.JUDGE)
+    return jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(2 * draws, dtype=jnp.uint32))
+
+
 def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) -> dict:
     """Attacks and judges one row: `correct` / `top5` bool [restarts, 2R, n] (the first R
     draws measure, the last R select), plus per-example randomness flags of restart 0."""
@@ -454,12 +460,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     x_all = input_pipeline.to_float(images[:n_all])
     y_all = labels[:n_all].astype(np.int32)
     keys = {"attack": rng.stream(run.seed, rng.ATTACK), "sanity": rng.stream(run.seed, rng.SANITY)}
-    judge_root = rng.stream(run.seed, rng.JUDGE)
-    # Draws 0..R-1 measure, R..2R-1 select (docs/method.md §6; `protocol`).
-    judge_keys = jax.vmap(lambda r: jax.random.fold_in(judge_root, r))(
-        jnp.arange(2 * int(ev.eval_keys), dtype=jnp.uint32)
-    )
-    data = (x_all, y_all, judge_keys)
+    data = (x_all, y_all, judging_keys(run.seed, int(ev.eval_keys)))
 
     rows, skipped, main_pgd = _plan(ev, groups, model, source, n_all)
     cache = {r.reuse: None for r in rows if r.reuse}
@@ -529,6 +530,7 @@ def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_
         fig = protocol.row_figures(*split(r))
         values[row.name] = fig.pop("values")
         arrays[row.name] = values[row.name].astype(np.float32)
+        arrays[f"draws/{row.name}"] = r["correct"]  # [restarts, 2R, n]: R measure, R select
         entry = {
             **fig,
             "n": row.n,
