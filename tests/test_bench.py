@@ -5,7 +5,7 @@ import re
 import pytest
 
 from menet_jax.bench import __main__ as bench_cli
-from menet_jax.bench import attack, me, train
+from menet_jax.bench import attack, grad, me, train
 
 
 def _values(text):
@@ -64,6 +64,17 @@ def test_attack_benchmark_times_apgd_on_request(capsys):
     assert not any("bpda_pgd" in key for key in vals)
 
 
+def test_grad_benchmark_prints_documented_keys(capsys):
+    argv = ["--solvers", "usvt,softimpute", "--shapes", "28x28", "--batch", "2"]
+    assert grad.main(argv + ["--repeats", "1"]) == 0
+    vals = _values(capsys.readouterr().out)
+    assert vals["grad/config"] == "batch=2 p=0.5 repeats=1"
+    for name in ("usvt", "softimpute"):
+        for key in ("bpda_ms_per_image", "exact_ms_per_image", "exact_over_bpda"):
+            assert float(vals[f"grad/{name}/28x28/{key}"]) > 0
+    assert "grad/usvt/32x96/bpda_ms_per_image" not in vals
+
+
 @pytest.mark.parametrize(
     "main, argv, named",
     [
@@ -77,6 +88,9 @@ def test_attack_benchmark_times_apgd_on_request(capsys):
         (attack.main, ["--batch", "0"], "--batch=0"),
         (attack.main, ["--unknown"], "--unknown"),
         (attack.main, ["--attack", "fgsm"], "'fgsm'"),
+        (grad.main, ["--solvers", "svd"], "'svd'"),
+        (grad.main, ["--shapes", "64x64"], "'64x64'"),
+        (grad.main, ["--repeats", "0"], "--repeats=0"),
         (bench_cli.main, ["profile"], "'profile'"),
         (bench_cli.main, [], "nothing"),
     ],

@@ -3,10 +3,12 @@
 mask = sample_mask(key, images.shape, p)          # 1 = observed
 rec = reconstruct(images, mask, method="usvt")    # [B, H, W, C] in [0, 1]
 rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True)
+rec = reconstruct(images, mask, method="softimpute", differentiable=True)  # exact jax.grad
 
 Modules: `masks` (masks and p schedules), `solvers` (USVT, Soft-Impute, nuclear norm), `linalg`
-(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the preprocessing).
-Their speed is measured by `python -m menet_jax.bench me`.
+(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the preprocessing),
+`gradients` (the exact gradients in the image for a fixed mask behind `differentiable=True`,
+docs/method.md §5.6). Their speed is measured by `python -m menet_jax.bench me` and `... grad`.
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask

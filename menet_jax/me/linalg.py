@@ -87,6 +87,32 @@ def spectral_filter(a: jax.Array, u: jax.Array, factor: jax.Array) -> jax.Array:
     return mm(u, factor[..., :, None] * uta)
 
 
+def filter_tangent(
+    u: jax.Array, uta: jax.Array, f: jax.Array, fdd: jax.Array, da: jax.Array
+) -> jax.Array:
+    """The derivative of a spectral filter A -> f(A A^T) A = U diag(f) U^T A along dA.
+
+    d[f(G) A] = f(G) dA + U (Fdd o (U^T dG U)) U^T A with dG = dA A^T + A dA^T (Daleckii-Krein;
+    o is the entrywise product). The map is self-adjoint (its transpose has the same formula),
+    so it serves for vector-Jacobian products too.
+
+    Args:
+      u: [..., m, m] eigenvectors (columns) of G = A A^T.
+      uta: [..., m, n] U^T A.
+      f: [..., m] the filter on the eigenvalues.
+      fdd: [..., m, m] its divided differences (f_i - f_j) / (g_i - g_j), f'(g_i) on the
+        diagonal (0 there for a piecewise-constant f); symmetric.
+      da: [..., m, n] the direction.
+
+    Returns:
+      [..., m, n] the directional derivative.
+    """
+    utda = mm(jnp.swapaxes(u, -1, -2), da)
+    c = mm_nt(utda, uta)  # U^T dA A^T U; U^T dG U = c + c^T
+    inner = fdd * (c + jnp.swapaxes(c, -1, -2))
+    return mm(u, f[..., :, None] * utda + mm(inner, uta))
+
+
 def svt(a: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Singular-value soft-thresholding of a batch of wide matrices.
 

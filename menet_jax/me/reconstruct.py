@@ -1,4 +1,10 @@
-"""Image <-> matrix layouts and ME-Net's reconstruction of masked images (docs/method.md §2.1)."""
+"""Image <-> matrix layouts and ME-Net's reconstruction of masked images (docs/method.md §2.1).
+
+`differentiable=True` makes `reconstruct` and `mask_and_reconstruct` exactly reverse-
+differentiable in the images for the drawn (fixed) mask (`gradients`, docs/method.md §5.6):
+missing pixels get zero gradient, and so does every pixel whose estimate the clip to [-1, 1]
+saturates (strictly beyond +-1), since the output does not move there.
+"""
 
 from typing import Any
 
@@ -39,6 +45,7 @@ def reconstruct(
     *,
     method: str = "usvt",
     channels: str = "concat",
+    differentiable: bool = False,
     **solver_options: Any,
 ) -> jax.Array:
     """ME-Net's preprocessing: rebuild masked images with matrix estimation.
@@ -52,6 +59,8 @@ def reconstruct(
       mask: 0/1 observation mask of the same shape (e.g. from `sample_mask`).
       method: one of METHODS; "none" returns the images unchanged.
       channels: one of CHANNEL_MODES.
+      differentiable: an exact reverse-mode gradient in `images` for this fixed mask (the
+        solver's `differentiable` option; "none" is the identity either way). Same values.
       **solver_options: passed to the solver (e.g. rank_fraction, shrinkage, mu, accelerated).
 
     Returns:
@@ -76,11 +85,27 @@ def reconstruct(
                 f"method='none' takes no solver options; got {sorted(solver_options)}."
             )
         return images
+    if differentiable:
+        mask = jax.lax.stop_gradient(mask)
     a = images_to_matrices(2.0 * images - 1.0, channels)
     m = images_to_matrices(mask, channels)
-    est = _SOLVERS[method](a * m, m, **solver_options)
-    out = (jnp.clip(est, -1.0, 1.0) + 1.0) / 2.0
+    est = _SOLVERS[method](a * m, m, differentiable=differentiable, **solver_options)
+    out = (_clip(est, differentiable) + 1.0) / 2.0
     return matrices_to_images(out, images.shape, channels)
+
+
+def _clip(est: jax.Array, differentiable: bool) -> jax.Array:
+    """Clip to [-1, 1]. Differentiable: gradient 1 on [-1, 1] closed, 0 strictly outside.
+
+    jnp.clip's gradient is 1/2 at exactly +-1, which Soft-Impute hits on every observed pixel
+    at 0 or 1 (it returns observed entries unchanged, so the map is the identity there); the
+    derivative from inside the box, the side the image may move to, is 1. Same values.
+    """
+    clipped = jnp.clip(est, -1.0, 1.0)
+    if not differentiable:
+        return clipped
+    inside = (est >= -1.0) & (est <= 1.0)
+    return jnp.where(inside, est, jax.lax.stop_gradient(clipped))
 
 
 def mask_and_reconstruct(
@@ -90,12 +115,14 @@ def mask_and_reconstruct(
     *,
     method: str = "usvt",
     channels: str = "concat",
+    differentiable: bool = False,
     **solver_options: Any,
 ) -> jax.Array:
     """Draws a fresh mask with `sample_mask(key, images.shape, p)` and reconstructs.
 
-    Usable inside jit and under grad with a straight-through estimator
-    (x + stop_gradient(mask_and_reconstruct(...) - x)). p is a scalar or one value per example;
+    Usable inside jit and under grad, either with a straight-through estimator
+    (x + stop_gradient(mask_and_reconstruct(...) - x), BPDA) or with differentiable=True (the
+    exact gradient for the mask drawn from `key`). p is a scalar or one value per example;
     a concrete p outside (0, 1] raises ValueError, a traced p is clipped into (0, 1].
 
     Args:
@@ -104,6 +131,7 @@ def mask_and_reconstruct(
       p: observation probability, scalar or [B].
       method: one of METHODS.
       channels: one of CHANNEL_MODES.
+      differentiable: as in `reconstruct`.
       **solver_options: passed to the solver.
 
     Returns:
@@ -111,4 +139,11 @@ def mask_and_reconstruct(
     """
     check_method(method)
     mask = masks.sample_mask(key, jnp.shape(images), p, channels=channels)
-    return reconstruct(images, mask, method=method, channels=channels, **solver_options)
+    return reconstruct(
+        images,
+        mask,
+        method=method,
+        channels=channels,
+        differentiable=differentiable,
+        **solver_options,
+    )

@@ -21,6 +21,13 @@ Semantics follow the ME-Net authors' code (docs/method.md §2):
 The iterative two can also return how many iterations each matrix took
 (`return_iterations=True`). How each iteration's singular-value thresholding is computed lives
 in `linalg`.
+
+`differentiable=True` (all three) gives the same estimate with an exact reverse-mode gradient in
+the image for the fixed mask (`gradients`, docs/method.md §5.6): USVT's spectral derivative with
+degenerate pairs at the rank cut handled, and the implicit-function gradient of the iterative
+solvers' fixed point. Off (the default), nothing changes: USVT differentiates through `eigh`
+(inf/NaN on degenerate spectra) and the iterative solvers' `lax.while_loop` cannot be
+reverse-differentiated at all.
 """
 
 import functools
@@ -31,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from menet_jax.me import linalg
+from menet_jax.me import gradients, linalg
 
 _F32_EPS = float(np.finfo(np.float32).eps)
 
@@ -76,7 +83,7 @@ def _check_lanes(lanes: Any) -> None:
 SVT_METHODS = ("tracked", "eigh")
 
 
-def _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt):
+def _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt, differentiable):
     """The argument checks Soft-Impute and the nuclear norm share.
 
     Returns:
@@ -96,6 +103,7 @@ def _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt):
         "accelerated": bool(accelerated),
         "lanes": lanes,
         "svt": svt,
+        "differentiable": bool(differentiable),
     }
     return a, mask, options
 
@@ -116,6 +124,7 @@ def usvt(
     rank_fraction: float = 0.8,
     threshold: str | float | None = None,
     eta: float = 0.01,
+    differentiable: bool = False,
 ) -> jax.Array:
     """Universal singular value thresholding, as the ME-Net authors coded it.
 
@@ -133,6 +142,10 @@ def usvt(
         p = 0.5 it often keeps none, i.e. returns a grey image); or a positive number, keep
         singular values >= that value.
       eta: the Chatterjee rule's slack.
+      differentiable: give the estimate an exact gradient in `a` for this fixed mask
+        (`gradients.truncation`): the derivative of the truncation with 1 / (g_i - g_j) set to
+        0 for Gram eigenvalue pairs at the cut closer than `gradients.GAP_RTOL` * g_max (there
+        the kept subspace is held fixed), so it stays finite on degenerate spectra. Same value.
 
     Returns:
       [..., m, n] float32 unclipped estimate.
@@ -148,15 +161,24 @@ def usvt(
         raise ValueError(
             f"threshold must be None, 'chatterjee' or a number > 0; got {threshold!r}."
         )
-    return _usvt(a, mask, rank_fraction=rank_fraction, threshold=threshold, eta=eta)
+    return _usvt(
+        a,
+        mask,
+        rank_fraction=rank_fraction,
+        threshold=threshold,
+        eta=eta,
+        differentiable=bool(differentiable),
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("rank_fraction", "threshold", "eta"))
-def _usvt(a, mask, *, rank_fraction, threshold, eta):
+@functools.partial(jax.jit, static_argnames=("rank_fraction", "threshold", "eta", "differentiable"))
+def _usvt(a, mask, *, rank_fraction, threshold, eta, differentiable=False):
     m, n = a.shape[-2:]
+    if differentiable:
+        mask = lax.stop_gradient(mask)
     p_hat = observed_fraction(mask)
     tall, (a0,) = linalg.to_wide(a * mask)
-    s, u = linalg.gram_eigh(a0)  # ascending
+    s, u = linalg.gram_eigh(lax.stop_gradient(a0) if differentiable else a0)  # ascending
     k = min(m, n)
     if threshold is None:
         keep_count = int(np.floor(rank_fraction * k + 1e-9))
@@ -167,7 +189,10 @@ def _usvt(a, mask, *, rank_fraction, threshold, eta):
         else:
             tau = jnp.full(p_hat.shape, threshold, a.dtype)
         factor = (s >= tau[..., None]).astype(a.dtype)
-    x = linalg.spectral_filter(a0, u, factor)
+    if differentiable:
+        x = gradients.truncation(a0, u, s, factor)
+    else:
+        x = linalg.spectral_filter(a0, u, factor)
     if tall:
         x = jnp.swapaxes(x, -1, -2)
     # An all-missing matrix is all zeros, so any positive divisor returns zeros.
@@ -277,6 +302,19 @@ def _start(a, mask, init, accelerated):
     if init is None and accelerated:
         init = neighbour_fill(a0, obs)
     z0 = a0 if init is None else jnp.where(obs > 0, a0, init)
+    return tall, a0, obs, z0
+
+
+def _differentiable_start(a, mask, init, accelerated):
+    """`_start` for `differentiable=True`: the loop's setup with no gradient, and a0 with one.
+
+    Returns:
+      (tall, a0, obs, z0) as `_start`; only a0 carries a gradient (to a). The mask is fixed,
+      and the warm start does not move a fixed point.
+    """
+    mask, init = lax.stop_gradient(mask), lax.stop_gradient(init)
+    tall, _, obs, z0 = _start(lax.stop_gradient(a), mask, init, accelerated)
+    _, (a0,) = linalg.to_wide(a * (mask > 0).astype(jnp.float32))
     return tall, a0, obs, z0
 
 
@@ -408,6 +446,7 @@ def softimpute(
     lanes: int | None = None,
     svt: str = "tracked",
     return_iterations: bool = False,
+    differentiable: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Soft-Impute (Mazumder, Hastie & Tibshirani 2010) with fancyimpute's semantics.
 
@@ -444,6 +483,12 @@ def softimpute(
         XLA:CPU's all-reduce; use svt="eigh" there (GPUs and TPUs do not run on XLA:CPU's
         thread pool).
       return_iterations: also return each matrix's iteration count.
+      differentiable: give the estimate an exact reverse-mode gradient in `a` (and in a traced
+        shrinkage) for this fixed mask: the implicit-function gradient of the fixed point
+        Z = SVT_lambda(P_obs(A) + P_missing(Z)), through lambda = sigma_max / 50 too
+        (`gradients.fixed_point`), linearised at the returned estimate, so a tighter `tol`
+        brings it nearer the converged fixed point's. Same estimate; the backward pass costs one
+        eigendecomposition and a conjugate-gradient solve of matrix products per matrix.
 
     Returns:
       [..., m, n] float32 estimate (observed entries equal to a); with return_iterations,
@@ -455,30 +500,45 @@ def softimpute(
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("shrinkage", shrinkage)
-    a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
+    a, mask, options = _check_iterative(
+        a, mask, init, max_iters, tol, accelerated, lanes, svt, differentiable
+    )
     out, iterations = _softimpute(a, mask, shrinkage, init, **options)
     return (out, iterations) if return_iterations else out
 
 
-_ITER_STATIC = ("max_iters", "tol", "accelerated", "lanes", "svt")
+_ITER_STATIC = ("max_iters", "tol", "accelerated", "lanes", "svt", "differentiable")
 
 
 @functools.partial(jax.jit, static_argnames=_ITER_STATIC)
-def _softimpute(a, mask, shrinkage, init, *, max_iters, tol, accelerated, lanes=None, svt):
-    tall, a0, obs, z0 = _start(a, mask, init, accelerated)
+def _softimpute(
+    a, mask, shrinkage, init, *, max_iters, tol, accelerated, lanes=None, svt, differentiable=False
+):
+    start = _differentiable_start if differentiable else _start
+    tall, a0, obs, z0 = start(a, mask, init, accelerated)
     # z0's Gram eigenvectors: the tracked SVT's starting basis.
     s, u0 = linalg.gram_eigh(z0)
     if shrinkage is not None:
         lam = jnp.asarray(shrinkage, jnp.float32)
-    elif init is None and not accelerated:
-        lam = s[..., -1] / 50.0  # z0 is a0, the zero-filled matrix itself (see _start)
     else:
-        lam = linalg.top_singular_value(a0, u0[..., -1]) / 50.0
+        if init is None and not accelerated:
+            sigma = s[..., -1]  # z0 is a0, the zero-filled matrix itself (see _start)
+        else:
+            a0_value = lax.stop_gradient(a0) if differentiable else a0
+            sigma = linalg.top_singular_value(a0_value, u0[..., -1])
+        if differentiable:
+            sigma = gradients.top_singular_value(a0, sigma)
+        lam = sigma / 50.0
     options = {"max_iters": max_iters, "tol": tol, "svt": svt, "lanes": lanes}
-    z, iters = _prox_loop(
-        a0, obs, lam, z0, accelerated=accelerated, fancy_rule=True, u0=u0, **options
-    )
-    out = jnp.where(obs > 0, a0, z)
+    if differentiable:
+        solve = functools.partial(_prox_loop, accelerated=accelerated, fancy_rule=True, **options)
+        lam = jnp.broadcast_to(lam, a0.shape[:-2])
+        out, iters = gradients.fixed_point(solve, True, a0, lam, obs, z0, u0)
+    else:
+        z, iters = _prox_loop(
+            a0, obs, lam, z0, accelerated=accelerated, fancy_rule=True, u0=u0, **options
+        )
+        out = jnp.where(obs > 0, a0, z)
     return (jnp.swapaxes(out, -1, -2) if tall else out), iters
 
 
@@ -498,6 +558,7 @@ def nucnorm(
     lanes: int | None = None,
     svt: str = "tracked",
     return_iterations: bool = False,
+    differentiable: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Nuclear-norm minimisation: argmin_X mu*||X||_* + ||P_obs(X - A)||_F^2.
 
@@ -523,6 +584,10 @@ def nucnorm(
         throughput option for large batches on CPU).
       svt: "tracked" (default) or "eigh", as in `softimpute`.
       return_iterations: also return each matrix's iteration count.
+      differentiable: give X an exact reverse-mode gradient in `a` (and in a traced mu) for
+        this fixed mask: the implicit-function gradient of the minimiser, i.e. of the fixed
+        point X = SVT_{mu/2}(P_obs(A) + P_missing(X)), linearised at the returned X
+        (`gradients.fixed_point`). Same estimate.
 
     Returns:
       [..., m, n] float32 estimate X; with return_iterations, (X, iterations) where iterations
@@ -533,17 +598,29 @@ def nucnorm(
       ValueError: shapes differ or an option is out of range.
     """
     _check_positive("mu", mu)
-    a, mask, options = _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt)
+    a, mask, options = _check_iterative(
+        a, mask, init, max_iters, tol, accelerated, lanes, svt, differentiable
+    )
     out, iterations = _nucnorm(a, mask, mu, init, **options)
     return (out, iterations) if return_iterations else out
 
 
 @functools.partial(jax.jit, static_argnames=_ITER_STATIC)
-def _nucnorm(a, mask, mu, init, *, max_iters, tol, accelerated, lanes=None, svt):
-    tall, a0, obs, z0 = _start(a, mask, init, accelerated)
+def _nucnorm(
+    a, mask, mu, init, *, max_iters, tol, accelerated, lanes=None, svt, differentiable=False
+):
+    start = _differentiable_start if differentiable else _start
+    tall, a0, obs, z0 = start(a, mask, init, accelerated)
     lam = 0.5 * jnp.asarray(mu, jnp.float32)
     options = {"max_iters": max_iters, "tol": tol, "svt": svt, "lanes": lanes}
-    z, iters = _prox_loop(a0, obs, lam, z0, accelerated=accelerated, fancy_rule=False, **options)
+    if differentiable:
+        solve = functools.partial(_prox_loop, accelerated=accelerated, fancy_rule=False, **options)
+        lam = jnp.broadcast_to(lam, a0.shape[:-2])
+        z, iters = gradients.fixed_point(solve, False, a0, lam, obs, z0, None)
+    else:
+        z, iters = _prox_loop(
+            a0, obs, lam, z0, accelerated=accelerated, fancy_rule=False, **options
+        )
     return (jnp.swapaxes(z, -1, -2) if tall else z), iters
 
 
