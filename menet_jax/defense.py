@@ -58,9 +58,15 @@ def default_inference_p(me_config: ml_collections.ConfigDict) -> float:
     return float(np.mean(training_ps(me_config)))
 
 
-def me_transform(me_config: ml_collections.ConfigDict):
-    """Returns `transform(key, images, p) -> reconstructed images` for the configured ME."""
+def me_transform(me_config: ml_collections.ConfigDict, *, differentiable: bool = False):
+    """Returns `transform(key, images, p) -> reconstructed images` for the configured ME.
+
+    `differentiable=True` makes the solvers reverse-differentiable in the image for the drawn
+    mask (exact gradients, docs/method.md §5.6); the values are the same.
+    """
     options = solver_options(me_config)
+    if differentiable:
+        options["differentiable"] = True
     method, channels = me_config.method, me_config.channels
 
     def transform(key: jax.Array, images: jax.Array, p) -> jax.Array:
@@ -77,7 +83,7 @@ def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 MODES = ("menet", "network", "fixed_mask", "vote")
-GRADIENTS = ("bpda", "none")
+GRADIENTS = ("bpda", "exact", "none")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (jit of bound methods)
@@ -98,7 +104,8 @@ class DefendedClassifier:
       mode="menet"       one fresh mask at p (default: the inference p; a [B] array gives one p
                          per image) + ME, then the network (ME-Net inference, Algorithm 1);
                          gradient="bpda" passes gradients straight through ME (docs/method.md
-                         §5.1), "none" differentiates the ME function as written.
+                         §5.1), "exact" differentiates through the solver for the drawn mask
+                         (§5.6), "none" leaves ME as written (USVT only is differentiable).
       mode="network"     the bare network; the key is not used.
       mode="fixed_mask"  ME with the one mask drawn from `mask_key` whatever the key (a sanity
                          attack: with the randomness fixed, ME is an ordinary function).
@@ -163,7 +170,7 @@ class DefendedClassifier:
         if mode == "vote":
             return self._vote(state, x, key, votes or int(self.config.me.votes), gradient, bn)
         p = self.inference_p if p is None else p
-        rec = me_transform(self.config.me)(key, x, p)
+        rec = me_transform(self.config.me, differentiable=gradient == "exact")(key, x, p)
         return self._network(state, straight_through(x, rec) if gradient == "bpda" else rec, bn)
 
     def logits_fn(self, mode: str = "menet", **options) -> jax.tree_util.Partial:

@@ -354,3 +354,14 @@ def test_checks_fail_on_a_model_that_masks_its_gradients():
     ):  # fmt: skip
         assert bad[name]["status"] == "WARN", (name, bad[name])
         assert good[name]["status"] == "PASS", (name, good[name])
+
+
+def test_exact_gradient_rows(workdirs):
+    c = eval_config()
+    c.eval.attacks, c.eval.gradient = "pgd", "exact"
+    r = evaluation.evaluate(c, workdirs[0])
+    assert r["attacks"]["pgd_3"]["threat"] == "white-box EXACT"
+    assert 0 <= r["attacks"]["pgd_3"]["accuracy"] <= r["clean"]["accuracy"] + 0.2
+    c.eval.gradient = "straight"
+    with pytest.raises(ValueError, match="config.eval.gradient"):
+        evaluation.evaluate(c, workdirs[0])

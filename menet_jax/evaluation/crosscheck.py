@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from menet_jax import attacks, checkpoint, input_pipeline, rng
-from menet_jax.evaluation import protocol, suite
+from menet_jax.evaluation import protocol, report, suite
 
 
 def momentum_attack(logits_fn, x, y, key, *, eps, steps, eot, loss):
@@ -96,14 +96,14 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     if not os.path.exists(report_path):
         raise FileNotFoundError(f"{report_path} does not exist; run --mode=eval first")
     with open(report_path) as f:
-        report = json.load(f)
-    if report.get("schema_version") != suite.RESULTS_SCHEMA_VERSION:
+        results = json.load(f)
+    if results.get("schema_version") != report.RESULTS_SCHEMA_VERSION:
         raise ValueError(f"{report_path} is from another results schema; re-run --mode=eval")
     stored = np.load(os.path.join(workdir, "results.npz"))
-    head, R = report["headline"], int(report["eval_keys"])
+    head, R = results["headline"], int(results["eval_keys"])
     n = head["n"]
-    eps = next(float(a["params"]["eps"]) for a in report["attacks"].values() if a["in_headline"])
-    clf = dataclasses.replace(checkpoint.load(workdir), inference_p=report["me"]["inference_p"])
+    eps = next(float(a["params"]["eps"]) for a in results["attacks"].values() if a["in_headline"])
+    clf = dataclasses.replace(checkpoint.load(workdir), inference_p=results["me"]["inference_p"])
     run_config = clf.config
     images, labels = input_pipeline.load_split(
         run_config.dataset, "test", data_dir=run_config.data_dir
@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--eot", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=100)
-    parser.add_argument("--gradients", default="bpda")
+    parser.add_argument("--gradients", default="bpda,exact")
     args = parser.parse_args(argv)
     try:
         out = run(

@@ -1,8 +1,20 @@
-"""results.md: the evaluation report as a paper-style table, then the checks and the budgets."""
+"""The evaluation report: results.json's content (`build`) and results.md (`write_markdown`).
+
+results.json (schema `RESULTS_SCHEMA_VERSION`) holds the headline, each row's figures with its
+interval and vote, the checks and the budgets; results.npz the per-example rates of every row
+(test-split order), the headline's per-example values under `headline`, every row's raw judging
+draws under `draws/<row>` and the adversarial examples of the rows that decided the headline.
+"""
 
 from __future__ import annotations
 
 import json
+
+import numpy as np
+
+from menet_jax.evaluation import checks, protocol
+
+RESULTS_SCHEMA_VERSION = 2  # 2: expected single-mask accuracy, `headline`, results.npz
 
 
 def _fmt(v) -> str:
@@ -105,3 +117,100 @@ def write_markdown(report: dict, path: str) -> None:
         lines.append(f"| zero-gradient check | {z['examples']} | | | {z['seconds']:.1f} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def build(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_all, top5) -> dict:
+    """results.json's content from the rows run: figures per row, the headline, the checks, the
+    budgets; `_arrays` holds what goes to results.npz (per-example rates, raw judging draws, the
+    adversarial examples of the rows that decided the headline)."""
+    R = int(ev.eval_keys)
+
+    def split(r, what="correct"):  # (selection, measurement) lists, one array per restart
+        return list(r[what][:, R:]), list(r[what][:, :R])
+
+    figures, values, arrays = {}, {}, {}
+    for row in rows:
+        r = results[row.name]
+        fig = protocol.row_figures(*split(r))
+        values[row.name] = fig.pop("values")
+        arrays[row.name] = values[row.name].astype(np.float32)
+        arrays[f"draws/{row.name}"] = r["correct"]  # [restarts, 2R, n]: R measure, R select
+        entry = {
+            **fig,
+            "n": row.n,
+            "params": {**row.params, "examples": row.n, "eval_keys": R},
+            "threat": row.threat,
+            "group": row.group,
+            "in_headline": row.counted,
+            **r.get("extra", {}),
+        }
+        if top5:
+            entry["top5"] = protocol.row_figures(*split(r, "top5"))["accuracy"]
+        figures[row.name] = entry
+
+    def counted(what="correct"):
+        return {
+            row.name: dict(
+                zip(("selection", "measurement"), split(results[row.name], what), strict=True)
+            )
+            for row in rows
+            if row.counted
+        }
+
+    head = protocol.headline(counted())
+    arrays["headline"] = head.pop("values").astype(np.float32)
+    decided = head.pop("decided_by")
+    head["decided_by"] = {name: decided.count(name) for name in sorted(set(decided))}
+    if top5:
+        head5 = protocol.headline(counted("top5"))
+        head["top5"] = {"accuracy": head5["accuracy"], "interval": head5["interval"]}
+    for row in rows:  # the adversarial examples of the rows that decide the headline
+        adv = results[row.name].get("adversarial")
+        if adv is not None and row.name in head["decided_by"]:
+            arrays[f"adversarial/{row.name}"] = adv[:, : head["n"]]
+    clean_out = figures.pop("clean")
+    randomness = {
+        "pred_varies": round(float(results["clean"]["pred_varies"].mean()), 4),
+        "logits_vary": round(float(results["clean"]["logits_vary"].mean()), 4),
+    }
+    sweep = [(float(m), f"sweep_eps_x{float(m):g}") for m in ev.eps_multipliers]
+    sweep = [(m, name) for m, name in sweep if name in values]
+    blackbox = ["graybox", "network_only", "spsa", "boundary"] + [
+        name for name in values if name.startswith("transfer_")
+    ]
+    found, skipped_checks = checks.compute_checks(
+        values,
+        main_pgd=main_pgd,
+        sweep=sweep,
+        num_classes=model.clf.num_classes,
+        blackbox=blackbox,
+        zero_gradient=zero_grad,
+        randomness=randomness,
+        uses_me=model.uses_me,
+    )
+    budgets = {
+        "examples": n_all,
+        "eval_keys": R,
+        "rows": {
+            row.name: {
+                "examples": row.n,
+                "steps": row.params.get("steps", 0),
+                "samples": row.params.get("eot_samples", row.params.get("samples", 1)),
+                "restarts": row.restarts,
+                "seconds": seconds[row.name],
+            }
+            for row in rows
+        },
+    }
+    if "zero_gradient" in seconds:
+        budgets["zero_gradient"] = {"examples": n_all, "seconds": seconds["zero_gradient"]}
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "headline": head,
+        "clean": clean_out,
+        "attacks": figures,
+        "checks": found,
+        "budgets": budgets,
+        "skipped": {"rows": skipped, "checks": skipped_checks},
+        "_arrays": arrays,
+    }

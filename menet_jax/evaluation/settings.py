@@ -104,6 +104,8 @@ def validate_eval(ev: ml_collections.ConfigDict) -> None:
         raise _err("eps_multipliers", mults, "strictly increasing numbers >= 0")
     if not (is_int(ev.spsa_samples) and ev.spsa_samples >= 2 and ev.spsa_samples % 2 == 0):
         raise _err("spsa_samples", ev.spsa_samples, "an even integer >= 2")
+    if ev.gradient not in ("bpda", "exact"):
+        raise _err("gradient", ev.gradient, "'bpda' (straight-through) or 'exact'")
     losses = tuple(ev.apgd_losses)
     if not losses or not set(losses) <= {"ce", "dlr", "dlr_targeted"}:
         raise _err("apgd_losses", losses, "a non-empty tuple of 'ce', 'dlr', 'dlr_targeted'")

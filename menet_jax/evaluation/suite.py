@@ -46,10 +46,8 @@ import numpy as np
 from jax.tree_util import Partial
 
 from menet_jax import attacks, checkpoint, input_pipeline, monitor, rng
-from menet_jax.evaluation import checks, protocol, report
+from menet_jax.evaluation import protocol, report
 from menet_jax.evaluation.settings import ME_ONLY, parse_attacks, validate_eval
-
-RESULTS_SCHEMA_VERSION = 2  # 2: expected single-mask accuracy, `headline`, results.npz
 
 
 def _size(value: int, total: int) -> int:
@@ -63,7 +61,7 @@ def _size(value: int, total: int) -> int:
 class _Model:
     """Pure functions of one classifier, created once so jit caches stay warm across batches."""
 
-    def __init__(self, clf, *, votes: int, top5: bool):
+    def __init__(self, clf, *, votes: int, top5: bool, gradient: str = "bpda"):
         self.clf, self.state, self.votes = clf, clf.state, votes
         self.uses_me = clf.config.me.method != "none"
 
@@ -79,7 +77,10 @@ class _Model:
         def vote(state, x, key):
             return clf.apply(state, x, key, mode="vote", votes=votes)
 
-        self.bpda = clf.logits_fn("menet", gradient="bpda")
+        # What white-box attacks differentiate: BPDA or exact gradients through ME. SPSA and
+        # Boundary use only its values, which are the same.
+        self.whitebox = clf.logits_fn("menet", gradient=gradient)
+        self.gradient = gradient
         self.network = clf.logits_fn("network")
         self._at_rec = at_rec
         self.preprocess = jax.jit(lambda x, k: clf.preprocess(x, k))
@@ -122,7 +123,7 @@ class _Model:
         return Partial(self._at_rec, self.state, rec, x)
 
     def fixed(self, mask_key):
-        return self.clf.logits_fn("fixed_mask", mask_key=mask_key)
+        return self.clf.logits_fn("fixed_mask", mask_key=mask_key, gradient="exact")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
     eps, step, main = float(ev.eps), float(ev.step_size), max(ev.pgd_steps)
     main_pgd = f"pgd_{main}"
     rows, skipped = [], {}
-    bpda = "white-box BPDA" if model.uses_me else "white-box"
+    bpda = f"white-box {model.gradient.upper()}" if model.uses_me else "white-box"
 
     def add(row):
         if row.n <= 0:
@@ -173,18 +174,19 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
 
     rows.append(Row("clean", "clean", "none", n_all, {}, make=lambda x, y, k: x))
     if "fgsm" in groups:
-        fgsm = lambda x, y, k: attacks.fgsm(model.bpda, x, y, k, eps=eps)  # noqa: E731
+        fgsm = lambda x, y, k: attacks.fgsm(model.whitebox, x, y, k, eps=eps)  # noqa: E731
         add(Row("fgsm", "fgsm", bpda, n_all, {"eps": eps}, make=fgsm))
     if "pgd" in groups:
         for s in ev.pgd_steps:
-            pgd_row(f"pgd_{s}", "pgd", bpda, n_all, model.bpda, steps=s)
+            pgd_row(f"pgd_{s}", "pgd", bpda, n_all, model.whitebox, steps=s)
         n_long = _size(ev.long_pgd_examples, n_all)
         s = ev.long_pgd_steps
-        pgd_row(f"pgd_long_{s}", "pgd", bpda, n_long, model.bpda, steps=s, counted=False)
+        pgd_row(f"pgd_long_{s}", "pgd", bpda, n_long, model.whitebox, steps=s, counted=False)
     if "cw" in groups:
         for kappa in ev.cw_kappas:
             n_cw = _size(ev.cw_examples, n_all)
-            pgd_row(f"cw_k{kappa:g}", "cw", bpda, n_cw, model.bpda, loss="cw", kappa=float(kappa))
+            kw = {"loss": "cw", "kappa": float(kappa)}
+            pgd_row(f"cw_k{kappa:g}", "cw", bpda, n_cw, model.whitebox, **kw)
     if not model.uses_me:
         for g in sorted(groups & set(ME_ONLY)):
             skipped[g] = "ME-only row; the model has no ME (me.method=none)"
@@ -193,9 +195,9 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
         s = ev.eot_steps
         size = 5 * eps / s if ev.eot_step_size == -1 else float(ev.eot_step_size)
         n_eot = _size(ev.eot_examples, n_all)
-        threat = "white-box BPDA+EOT"
+        threat = f"{bpda}+EOT"
         kw = {"steps": s, "size": size, "eot_samples": ev.eot_samples, "keep_best": True}
-        pgd_row("bpda_eot", "eot", threat, n_eot, model.bpda, **kw)
+        pgd_row("bpda_eot", "eot", threat, n_eot, model.whitebox, **kw)
     if "apgd" in groups:
         samples = int(ev.apgd_eot_samples) if model.uses_me else 1  # EOT needs randomness
         n_apgd = _size(ev.apgd_examples, n_all)
@@ -203,7 +205,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
             opts = {"eps": eps, "steps": int(ev.apgd_steps), "loss": loss, "eot_samples": samples}
 
             def apgd(x, y, k, opts=opts):
-                return attacks.apgd(model.bpda, x, y, k, **opts)
+                return attacks.apgd(model.whitebox, x, y, k, **opts)
 
             threat = f"{bpda} APGD-{loss.upper().replace('_TARGETED', '-T')}" + (
                 "+EOT" if samples > 1 else ""
@@ -225,12 +227,12 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
     elif "transfer" in groups:
         via = "through its ME with BPDA" if source.uses_me else "vanilla"
         threat = f"transfer ({via})"
-        fgsm = lambda x, y, k: attacks.fgsm(source.bpda, x, y, k, eps=eps)  # noqa: E731
+        fgsm = lambda x, y, k: attacks.fgsm(source.whitebox, x, y, k, eps=eps)  # noqa: E731
         add(Row("transfer_fgsm", "transfer", threat, n_all, {"eps": eps}, make=fgsm, counted=False))
-        pgd_row(f"transfer_pgd_{main}", "transfer", threat, n_all, source.bpda, counted=False)
+        pgd_row(f"transfer_pgd_{main}", "transfer", threat, n_all, source.whitebox, counted=False)
         for kappa in list(ev.cw_kappas)[:1]:
             kw = {"loss": "cw", "kappa": float(kappa), "counted": False}
-            pgd_row(f"transfer_cw_k{kappa:g}", "transfer", threat, n_all, source.bpda, **kw)
+            pgd_row(f"transfer_cw_k{kappa:g}", "transfer", threat, n_all, source.whitebox, **kw)
         # The authors' transfer CW: foolbox CW-L2 at confidence 20, unbounded in L-inf, where any
         # misclassified iterate counts as found (confident_only=False, as foolbox 1.6.2 did).
         cw_l2_opts = {
@@ -240,7 +242,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
         }
 
         def cw_l2(x, y, k):
-            return attacks.cw_l2(source.bpda, x, y, k, **cw_l2_opts)
+            return attacks.cw_l2(source.whitebox, x, y, k, **cw_l2_opts)
 
         name = f"transfer_cw_l2_c{ev.cw_l2_confidence:g}"
         threat = f"transfer ({via}), CW-L2 unbounded (the authors' transfer CW)"
@@ -258,7 +260,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
 
         def spsa(x, y, k):
             return attacks.spsa(
-                model.bpda, x, y, k, **spsa_kw, batch_samples=math.gcd(samples, 128)
+                model.whitebox, x, y, k, **spsa_kw, batch_samples=math.gcd(samples, 128)
             )
 
         n_spsa = _size(ev.spsa_examples, n_all)
@@ -267,7 +269,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
 
         def boundary(x, y, k):
             return attacks.boundary(
-                model.bpda, x, y, k, steps=ev.boundary_steps, proposals=ev.boundary_proposals
+                model.whitebox, x, y, k, steps=ev.boundary_steps, proposals=ev.boundary_proposals
             )
 
         params = {"eps": eps, "steps": ev.boundary_steps, "proposals": ev.boundary_proposals}
@@ -306,7 +308,7 @@ def _plan(ev, groups, model: _Model, source: _Model | None, n_all: int):
                 params = {"eps": eps, "steps": main, "step_size": step, "restarts": ev.restarts}
                 add(Row(name, "sanity", bpda, n_sweep, params, reuse=main_pgd, counted=False))
             else:
-                pgd_row(name, "sanity", bpda, n_sweep, model.bpda, e=eps * m, size=step * m,
+                pgd_row(name, "sanity", bpda, n_sweep, model.whitebox, e=eps * m, size=step * m,
                         counted=False)  # fmt: skip
         if not model.uses_me:
             skipped["no_me_pgd"] = skipped["fixed_mask_pgd"] = "the model has no ME"
@@ -450,7 +452,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         clf = dataclasses.replace(clf, inference_p=float(config.me.inference_p))
     votes = int(config.me.votes)
     top5 = clf.num_classes > 10
-    model = _Model(clf, votes=votes, top5=top5)
+    model = _Model(clf, votes=votes, top5=top5, gradient=ev.gradient)
     source = None
     if "transfer" in groups and ev.source_workdir:
         source = _load_source(ev.source_workdir, run, votes=votes, top5=top5)
@@ -484,7 +486,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         zero_grad = _zero_gradient(model, data, keys, config.eval_batch_size)
         seconds["zero_gradient"] = round(time.time() - t0, 2)
 
-    results_report = _build_report(
+    results_report = report.build(
         rows,
         results,
         seconds,
@@ -516,97 +518,3 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results_report.pop("_arrays")
     print(f"evaluation done in {results_report['budgets']['total_seconds']:.0f} s", file=sys.stderr)
     return results_report
-
-
-def _build_report(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_all, top5):
-    R = int(ev.eval_keys)
-
-    def split(r, what="correct"):  # (selection, measurement) lists, one array per restart
-        return list(r[what][:, R:]), list(r[what][:, :R])
-
-    figures, values, arrays = {}, {}, {}
-    for row in rows:
-        r = results[row.name]
-        fig = protocol.row_figures(*split(r))
-        values[row.name] = fig.pop("values")
-        arrays[row.name] = values[row.name].astype(np.float32)
-        arrays[f"draws/{row.name}"] = r["correct"]  # [restarts, 2R, n]: R measure, R select
-        entry = {
-            **fig,
-            "n": row.n,
-            "params": {**row.params, "examples": row.n, "eval_keys": R},
-            "threat": row.threat,
-            "group": row.group,
-            "in_headline": row.counted,
-            **r.get("extra", {}),
-        }
-        if top5:
-            entry["top5"] = protocol.row_figures(*split(r, "top5"))["accuracy"]
-        figures[row.name] = entry
-
-    def counted(what="correct"):
-        return {
-            row.name: dict(
-                zip(("selection", "measurement"), split(results[row.name], what), strict=True)
-            )
-            for row in rows
-            if row.counted
-        }
-
-    head = protocol.headline(counted())
-    arrays["headline"] = head.pop("values").astype(np.float32)
-    decided = head.pop("decided_by")
-    head["decided_by"] = {name: decided.count(name) for name in sorted(set(decided))}
-    if top5:
-        head5 = protocol.headline(counted("top5"))
-        head["top5"] = {"accuracy": head5["accuracy"], "interval": head5["interval"]}
-    for row in rows:  # the adversarial examples of the rows that decide the headline
-        adv = results[row.name].get("adversarial")
-        if adv is not None and row.name in head["decided_by"]:
-            arrays[f"adversarial/{row.name}"] = adv[:, : head["n"]]
-    clean_out = figures.pop("clean")
-    randomness = {
-        "pred_varies": round(float(results["clean"]["pred_varies"].mean()), 4),
-        "logits_vary": round(float(results["clean"]["logits_vary"].mean()), 4),
-    }
-    sweep = [(float(m), f"sweep_eps_x{float(m):g}") for m in ev.eps_multipliers]
-    sweep = [(m, name) for m, name in sweep if name in values]
-    blackbox = ["graybox", "network_only", "spsa", "boundary"] + [
-        name for name in values if name.startswith("transfer_")
-    ]
-    found, skipped_checks = checks.compute_checks(
-        values,
-        main_pgd=main_pgd,
-        sweep=sweep,
-        num_classes=model.clf.num_classes,
-        blackbox=blackbox,
-        zero_gradient=zero_grad,
-        randomness=randomness,
-        uses_me=model.uses_me,
-    )
-    budgets = {
-        "examples": n_all,
-        "eval_keys": R,
-        "rows": {
-            row.name: {
-                "examples": row.n,
-                "steps": row.params.get("steps", 0),
-                "samples": row.params.get("eot_samples", row.params.get("samples", 1)),
-                "restarts": row.restarts,
-                "seconds": seconds[row.name],
-            }
-            for row in rows
-        },
-    }
-    if "zero_gradient" in seconds:
-        budgets["zero_gradient"] = {"examples": n_all, "seconds": seconds["zero_gradient"]}
-    return {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "headline": head,
-        "clean": clean_out,
-        "attacks": figures,
-        "checks": found,
-        "budgets": budgets,
-        "skipped": {"rows": skipped, "checks": skipped_checks},
-        "_arrays": arrays,
-    }

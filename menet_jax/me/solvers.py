@@ -31,7 +31,6 @@ reverse-differentiated at all.
 """
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,73 +38,9 @@ import numpy as np
 from jax import lax
 
 from menet_jax.me import gradients, linalg
+from menet_jax.me.checks import check_iterative, check_pair, check_positive
 
 _F32_EPS = float(np.finfo(np.float32).eps)
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_pair(a: Any, mask: Any) -> tuple[jax.Array, jax.Array]:
-    a = jnp.asarray(a, jnp.float32)
-    mask = jnp.asarray(mask, jnp.float32)
-    if a.ndim < 2:
-        raise ValueError(f"a must have shape [..., m, n] (at least 2 dims); got shape {a.shape}.")
-    if mask.shape != a.shape:
-        raise ValueError(f"mask must have the same shape as a {a.shape}; got shape {mask.shape}.")
-    return a, mask
-
-
-def _check_positive(name: str, value: Any, *, upper: float | None = None) -> None:
-    """Raises ValueError unless a concrete value is > 0 (and <= upper); tracers pass unchecked."""
-    if value is None or not _is_concrete(value):
-        return
-    v = np.asarray(value, dtype=np.float64)
-    bad = ~np.isfinite(v) | (v <= 0) | ((v > upper) if upper is not None else False)
-    if np.any(bad):
-        allowed = f"in (0, {upper}]" if upper is not None else "> 0"
-        raise ValueError(f"{name} must be {allowed}; got {value!r}.")
-
-
-def _check_iters(max_iters: Any) -> None:
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int | np.integer) or max_iters < 1:
-        raise ValueError(f"max_iters must be an integer >= 1; got {max_iters!r}.")
-
-
-def _check_lanes(lanes: Any) -> None:
-    if lanes is not None and (
-        isinstance(lanes, bool) or not isinstance(lanes, int | np.integer) or lanes < 1
-    ):
-        raise ValueError(f"lanes must be None or an integer >= 1; got {lanes!r}.")
-
-
-SVT_METHODS = ("tracked", "eigh")
-
-
-def _check_iterative(a, mask, init, max_iters, tol, accelerated, lanes, svt, differentiable):
-    """The argument checks Soft-Impute and the nuclear norm share.
-
-    Returns:
-      (a, mask, options): the arrays as float32 and the static loop options.
-    """
-    if svt not in SVT_METHODS:
-        raise ValueError(f"svt must be one of {SVT_METHODS}; got {svt!r}.")
-    a, mask = _check_pair(a, mask)
-    _check_positive("tol", tol)
-    _check_iters(max_iters)
-    if init is not None and jnp.shape(init) != a.shape:
-        raise ValueError(f"init must have the same shape as a {a.shape}; got {jnp.shape(init)}.")
-    _check_lanes(lanes)
-    options = {
-        "max_iters": max_iters,
-        "tol": tol,
-        "accelerated": bool(accelerated),
-        "lanes": lanes,
-        "svt": svt,
-        "differentiable": bool(differentiable),
-    }
-    return a, mask, options
 
 
 def observed_fraction(mask: jax.Array) -> jax.Array:
@@ -153,10 +88,10 @@ def usvt(
     Raises:
       ValueError: shapes differ, rank_fraction outside (0, 1] or an unknown threshold.
     """
-    a, mask = _check_pair(a, mask)
-    _check_positive("rank_fraction", rank_fraction, upper=1.0)
+    a, mask = check_pair(a, mask)
+    check_positive("rank_fraction", rank_fraction, upper=1.0)
     if threshold is not None and not isinstance(threshold, str):
-        _check_positive("threshold", threshold)
+        check_positive("threshold", threshold)
     elif isinstance(threshold, str) and threshold != "chatterjee":
         raise ValueError(
             f"threshold must be None, 'chatterjee' or a number > 0; got {threshold!r}."
@@ -499,8 +434,8 @@ def softimpute(
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
-    _check_positive("shrinkage", shrinkage)
-    a, mask, options = _check_iterative(
+    check_positive("shrinkage", shrinkage)
+    a, mask, options = check_iterative(
         a, mask, init, max_iters, tol, accelerated, lanes, svt, differentiable
     )
     out, iterations = _softimpute(a, mask, shrinkage, init, **options)
@@ -597,8 +532,8 @@ def nucnorm(
     Raises:
       ValueError: shapes differ or an option is out of range.
     """
-    _check_positive("mu", mu)
-    a, mask, options = _check_iterative(
+    check_positive("mu", mu)
+    a, mask, options = check_iterative(
         a, mask, init, max_iters, tol, accelerated, lanes, svt, differentiable
     )
     out, iterations = _nucnorm(a, mask, mu, init, **options)
