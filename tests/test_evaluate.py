@@ -243,12 +243,24 @@ def test_headline_picks_on_selection_and_measures_on_fresh_draws():
     rows = {k: {"selection": [sel[k]], "measurement": [meas[k]]} for k in sel}
     h = protocol.headline(rows)
     # Example 0: b selected (0 < 1), measured 0.5; example 1: a selected, measured 0.5;
-    # example 2: tie, the first row (a), measured 0.0.
+    # example 2: tie, and both rows are equally strong overall: the first (a), measured 0.0.
     np.testing.assert_allclose(h["values"], [0.5, 0.5, 0.0])
     assert h["decided_by"] == ["b", "a", "a"] and h["n"] == 3 and h["accuracy"] == 0.3333
     # A row on a shorter prefix restricts the headline to the examples every row covered.
     rows["c"] = {"selection": [np.ones((2, 2), bool)], "measurement": [np.ones((2, 2), bool)]}
     assert protocol.headline(rows)["n"] == 2
+
+
+def test_ties_go_to_the_row_strongest_on_the_selection_draws():
+    # On its selection draws row "b" fools examples 0 and 1, row "a" only example 0. Examples 0
+    # (both fooled) and 2 (neither) are ties: they go to b, the stronger row overall, although
+    # "a" comes first.
+    sel = {"a": np.array([[0, 1, 1]], bool), "b": np.array([[0, 0, 1]], bool)}
+    meas = {"a": np.array([[1, 1, 0]], bool), "b": np.array([[0, 0, 1]], bool)}
+    rows = {k: {"selection": [sel[k]], "measurement": [meas[k]]} for k in sel}
+    h = protocol.headline(rows)
+    assert h["decided_by"] == ["b", "b", "b"]
+    np.testing.assert_allclose(h["values"], [0.0, 0.0, 1.0])
 
 
 def test_headline_estimator_is_unbiased_on_rows_of_equal_strength():
@@ -274,8 +286,9 @@ def test_row_figures_take_the_worst_restart_per_example():
     sel = [np.array([[1, 1], [1, 1]], bool), np.array([[0, 1], [0, 1]], bool)]
     meas = [np.array([[1, 0], [1, 0]], bool), np.array([[1, 1], [1, 1]], bool)]
     f = protocol.row_figures(sel, meas)
-    # Example 0: restart 1 is worse on selection -> measured 1.0; example 1: tie -> restart 0, 0.
-    np.testing.assert_allclose(f["values"], [1.0, 0.0])
+    # Example 0: restart 1 is worse on selection -> measured 1.0; example 1: a tie, which goes
+    # to restart 1, the stronger one over all examples -> measured 1.0.
+    np.testing.assert_allclose(f["values"], [1.0, 1.0])
     assert "vote_accuracy" not in f  # a vote of one restart's draws only
 
 

@@ -36,9 +36,14 @@ def worst_candidate(selection: list[np.ndarray], measurement: list[np.ndarray]) 
       selection: per candidate (a row, or one restart of a row), bool [R_s, n].
       measurement: per candidate, bool [R_m, n] on draws independent of the selection draws.
 
+    With few draws many candidates tie on an example (all fooled it on every selection draw, or
+    none did); a tie goes to the candidate that is strongest over all examples on the selection
+    draws (lowest mean selection rate; then the first). Every choice uses selection draws only,
+    so the measured values stay independent of it.
+
     Returns:
       {"values": float [n] (the chosen candidate's measured rate per example), "choice": int [n]
-      (the index of the chosen candidate; ties go to the first)}.
+      (the index of the chosen candidate)}.
     """
     if not selection or len(selection) != len(measurement):
         raise ValueError("selection and measurement need one entry per candidate.")
@@ -46,7 +51,8 @@ def worst_candidate(selection: list[np.ndarray], measurement: list[np.ndarray]) 
     meas = np.stack([rates(m) for m in measurement])
     if sel.shape != meas.shape:
         raise ValueError(f"selection {sel.shape} and measurement {meas.shape} differ in shape.")
-    choice = np.argmin(sel, axis=0)
+    order = np.argsort(sel.mean(axis=1), kind="stable")  # strongest candidate first
+    choice = order[np.argmin(sel[order], axis=0)]
     return {"values": meas[choice, np.arange(meas.shape[1])], "choice": choice}
 
 
