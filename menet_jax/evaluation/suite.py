@@ -5,28 +5,31 @@ the budgets from `config.eval`, the vote size `config.me.votes`, an optional
 `config.me.inference_p` override) and
 runs the rows of the groups named in `config.eval.attacks` on prefixes of the run's test split.
 
-Rows (threat model, what is attacked, how it is judged):
-  clean                      no attack.
-  fgsm, pgd_S, pgd_long_S,   white-box BPDA (Tables 11/13/16/19/22): gradients pass straight
-  cw_kK, bpda_eot            through ME; bpda_eot is Tramer et al.'s adaptive attack (fresh masks
-                             averaged per step, best iterate kept).
+Rows (threat model, what is attacked, how it is judged); "counted" rows make the headline:
+  clean                      no attack (counted).
+  fgsm, pgd_S, cw_kK,        white-box (Tables 11/13/16/19/22), gradients through ME by
+  bpda_eot, apgd_ce,         `eval.gradient` (BPDA straight-through or exact); bpda_eot is Tramer
+  apgd_dlr                   et al.'s adaptive attack (fresh masks averaged per step, best iterate
+                             kept), apgd_* AutoAttack's APGD with EOT (all counted).
+  pgd_long_S                 long PGD on a subset (diagnostic: convergence).
   network_only               Table 12: PGD on the bare network at one fixed reconstruction ME(x),
-                             judged through a fresh ME.
-  graybox                    Tables 10/15/18/21: PGD on the bare network at x, judged through ME.
-  transfer_*                 Tables 9/14/17/20: FGSM/PGD/CW on eval.source_workdir's model (through
-                             its own ME with BPDA), applied to this model.
+                             judged through a fresh ME (counted).
+  graybox                    Tables 10/15/18/21: PGD on the bare network at x, judged through ME
+                             (counted).
+  transfer_*                 Tables 9/14/17/20: FGSM/PGD/CW-Linf and the authors' CW-L2 on
+                             eval.source_workdir's model, applied to this model (diagnostics).
   spsa, boundary             score- and decision-based attacks on the randomised model; boundary
-                             counts a success only within eps.
+                             counts a success only within eps (diagnostics).
   vote_clean, vote_pgd_S     majority vote over k masks (supplement J), on clean and main-PGD
-                             images.
-  sweep_eps_xM, no_me_pgd,   sanity rows (excluded from the worst case): PGD at M * eps; the same
-  fixed_mask_pgd             PGD on and judged by the bare network; PGD and judging with one mask.
+                             images (diagnostics).
+  sweep_eps_xM, no_me_pgd,   sanity rows: PGD at M * eps; the same PGD on and judged by the bare
+  fixed_mask_pgd             network; PGD (exact gradients) and judging with one fixed mask.
 
-Judging: R = eval.eval_keys fixed draws shared by every row; draw r masks example i with
-fold_in(rng.stream(seed, rng.JUDGE), r) folded with i; an example is correct when correct on a
-strict majority of the draws. Attacks draw from rng.named(rng.stream(seed, rng.ATTACK), row name),
-then the batch index; no attack sees a judging key. The statistics are `stats`, the checks and the
-worst case `checks`, results.md `report`.
+Judging (docs/method.md §6, `protocol`): 2R = 2 * eval.eval_keys draws shared by every row
+(`judging_keys`); draw r masks example i with fold_in(rng.stream(seed, rng.JUDGE), r) folded with
+i; draws 0..R-1 measure, R..2R-1 select. Every restart's images are judged. Attacks draw from
+rng.named(rng.stream(seed, rng.ATTACK), row name), then the batch index (restart r > 0 folds in
+r); no attack sees a judging key. The checks are `checks`, results.json/.md/.npz `report`.
 """
 
 from __future__ import annotations
