@@ -2,9 +2,11 @@
 
   report = menet_jax.evaluation.evaluate(config, workdir)   # results.json / results.md
 
-Modules: `suite` (the rows and the loop that runs them), `settings` (the row groups and the checks
-of the `eval` config keys), `stats` (binomial statistics), `checks` (sanity checks and the
-per-example worst case), `report` (results.md). The protocol is docs/method.md §5-6.
+Modules: `suite` (the rows and the loop that runs them), `protocol` (single-mask rates, the vote,
+the headline), `settings` (the row groups and the checks of the `eval` config keys), `stats`
+(binomial statistics), `checks` (sanity checks), `report` (results.json / .md / .npz),
+`crosscheck` (an independent adaptive attack against a finished evaluation). The protocol is
+docs/method.md §5-6.
 """
 
 from menet_jax.evaluation.suite import evaluate
