@@ -74,22 +74,6 @@ def momentum_attack(logits_fn, x, y, key, *, eps, steps, eot, loss):
     return jnp.where((val > best_loss)[:, None, None, None], z, best)
 
 
-def _attack_and_judge(attack, model, x_all, y_all, root, keys, batch_size: int) -> np.ndarray:
-    """Attacks every example in padded batches; bool [2R, n] correct on each judging draw."""
-    n = len(y_all)
-    correct = np.zeros((len(keys), n), bool)
-    for b, start in enumerate(range(0, n, batch_size)):
-        m = min(batch_size, n - start)
-        pad = input_pipeline.pad_batch
-        x = jnp.asarray(pad(x_all[start : start + m], batch_size))
-        y = jnp.asarray(pad(y_all[start : start + m], batch_size))
-        idx = jnp.asarray(pad(np.arange(start, start + m, dtype=np.int32), batch_size))
-        x_adv = attack(x, y, jax.random.fold_in(root, b))
-        res = model.judges["defended"](model.state, x_adv, y, idx, keys)
-        correct[:, start : start + m] = np.asarray(res["correct"])[:, :m]
-    return correct
-
-
 def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda",)) -> dict:
     """Runs the cross-check on WORKDIR (after `--mode=eval`); returns what it writes."""
     report_path = os.path.join(workdir, "results.json")
@@ -117,6 +101,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
         for d in [stored[f"draws/{name}"]]
     }
     before = protocol.headline(rows)
+    attack_stream = rng.stream(clf.config.seed, rng.CROSSCHECK)
     extra, seconds = {}, {}
     for gradient in gradients:
         logits_fn = clf.logits_fn("menet", gradient=gradient)
@@ -128,8 +113,9 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
                 )
             )
             t0 = time.time()
-            root = rng.named(rng.stream(clf.config.seed, rng.CROSSCHECK), name)
-            correct = _attack_and_judge(attack, model, x_all, y_all, root, keys, batch_size)
+            row = suite.Row(name, "crosscheck", "independent", n, {}, make=attack, counted=False)
+            data, streams = (x_all, y_all, keys), {"attack": attack_stream}
+            correct = suite._run_row(row, model, data, streams, {}, batch_size)["correct"][0]
             seconds[name] = round(time.time() - t0, 1)
             extra[name] = {"selection": [correct[R:]], "measurement": [correct[:R]]}
             rate = protocol.rates(correct[:R]).mean()
