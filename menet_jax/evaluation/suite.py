@@ -364,7 +364,9 @@ def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) 
         "pred_varies": np.zeros(n, bool),
         "logits_vary": np.zeros(n, bool),
     }
-    advs, dist = np.zeros((restarts, n, *x_all.shape[1:]), np.float32), np.zeros(n, np.float32)
+    keep = row.counted or row.name in cache  # images for results.npz or a reusing row
+    advs = np.zeros((restarts, n, *x_all.shape[1:]), np.float32) if keep else None
+    dist = np.zeros(n, np.float32)
     for b, start in enumerate(range(0, n, bs)):
         m = min(bs, n - start)
         x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
@@ -387,7 +389,8 @@ def _run_row(row: Row, model: _Model, data, keys, cache: dict, batch_size: int) 
             if r == 0:
                 out["pred_varies"][start : start + m] = np.asarray(res["pred_varies"])[:m]
                 out["logits_vary"][start : start + m] = np.asarray(res["logits_vary"])[:m]
-            advs[r, start : start + m] = np.asarray(x_adv)[:m]
+            if keep:
+                advs[r, start : start + m] = np.asarray(x_adv)[:m]
             if row.bounded_eps is not None and r == 0:
                 dist[start : start + m] = np.asarray(attacks.linf_distance(x, x_adv))[:m]
     if row.name in cache:
