@@ -32,6 +32,6 @@ def get_config(arg=None):
     c.me.p_start, c.me.p_end = 0.8, 1.0
     c.adv.eps, c.adv.step_size, c.adv.steps = 0.3, 0.01, 40
     c.eval.eps, c.eval.step_size = 0.3, 0.01
-    c.eval.pgd_steps = (40, 100)
+    c.eval.pgd.steps = (40, 100)
     apply_variant(c, arg, {"adv": _adv})
     return c

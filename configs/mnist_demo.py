@@ -44,26 +44,17 @@ def get_config(arg=None):
     c.me.mode = "offline"
     c.adv.eps, c.adv.step_size, c.adv.steps = 0.3, 0.01, 40
     c.eval.eps, c.eval.step_size = 0.3, 0.01
-    c.eval.pgd_steps = (40,)
+    c.eval.pgd.steps = (40,)
     # The headline's rows (clean, FGSM, PGD-40, CW, BPDA+EOT, APGD-CE/DLR+EOT, network-only,
-    # gray-box) all run on the same 500 digits; diagnostics on fewer, cut to CPU size.
+    # gray-box) all run on the same 500 digits; diagnostics on fewer, budgets cut to CPU size.
     c.eval.num_examples = 500
-    c.eval.long_pgd_steps = 1000
-    c.eval.long_pgd_examples = 20
-    c.eval.eot_samples = 4
-    c.eval.eot_steps = 40
-    c.eval.eot_examples = -1
-    c.eval.spsa_examples = 32
-    c.eval.spsa_steps = 30
-    c.eval.spsa_samples = 64
-    c.eval.boundary_examples = 32
-    c.eval.boundary_steps = 300
-    c.eval.boundary_proposals = 1
-    c.eval.apgd_steps = 50
-    c.eval.apgd_eot_samples = 4
-    c.eval.cw_l2_steps = 100
-    c.eval.cw_examples = -1
-    c.eval.vote_examples = 200
-    c.eval.sweep_examples = 100
+    c.eval.pgd.long_steps, c.eval.pgd.long_examples = 1000, 20
+    c.eval.eot.samples, c.eval.eot.steps = 4, 40
+    c.eval.apgd.steps, c.eval.apgd.eot_samples = 50, 4
+    c.eval.spsa.examples, c.eval.spsa.steps, c.eval.spsa.samples = 32, 30, 64
+    c.eval.boundary.examples, c.eval.boundary.steps, c.eval.boundary.proposals = 32, 300, 1
+    c.eval.transfer.cw_l2_steps = 100
+    c.eval.vote.examples, c.eval.vote.steps = 200, 20
+    c.eval.sanity.examples = 100
     apply_variant(c, arg, {"adv": _adv})
     return c

@@ -8,8 +8,8 @@ between rules is a mode string. Every error is a `ConfigError` (a ValueError) of
 the key, the value and what is allowed; `main` prints it on one line and exits non-zero.
 
 A run's config is stored in WORKDIR/config.json as `{"schema_version": N, "config": {...}}`
-(`to_json` / `from_json`); a config.json written before schema versions existed (version 1) is
-upgraded on reading (`upgrade_v1`).
+(`to_json` / `from_json`); a config.json of an older schema is upgraded on reading (`upgrade_v1`:
+written before schema versions existed; `upgrade_v2`: flat evaluation keys).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class ConfigError(ValueError):
@@ -243,13 +243,15 @@ ME: dict[str, Key] = {
         1e-3,
         "a positive number",
         lambda v: _is_num(v) and v > 0,
-        "softimpute relative-change stopping tolerance (nucnorm: its own default)",
+        "softimpute / nucnorm relative-change stopping tolerance",
     ),
     "accelerated": Key(
-        False,
-        "True or False",
-        _is_bool,
-        "softimpute: warm-started accelerated iterations (nucnorm always accelerates)",
+        None,
+        "True, False or None",
+        _optional(_is_bool),
+        "softimpute / nucnorm: warm-started accelerated iterations; None: the method's own "
+        "default (softimpute False, the fancyimpute loop; nucnorm True)",
+        bool,
     ),
     "mu": Key(1.0, "a positive number", lambda v: _is_num(v) and v > 0, "nucnorm weight"),
 }
@@ -266,7 +268,8 @@ ADV: dict[str, Key] = {
 SECTIONS: dict[str, dict[str, Key]] = {"": TRAIN, "me": ME, "adv": ADV}
 
 
-def _section(keys: dict[str, Key]) -> ml_collections.ConfigDict:
+def section(keys: dict[str, Key]) -> ml_collections.ConfigDict:
+    """A config section holding each key's default (a typed placeholder where it is None)."""
     c = ml_collections.ConfigDict()
     for name, key in keys.items():
         if key.default is None:
@@ -278,24 +281,28 @@ def _section(keys: dict[str, Key]) -> ml_collections.ConfigDict:
 
 def default_config() -> ml_collections.ConfigDict:
     """The schema's defaults for the training, `me` and `adv` keys (no `eval` section)."""
-    c = _section(TRAIN)
-    c.me = _section(ME)
-    c.adv = _section(ADV)
+    c = section(TRAIN)
+    c.me = section(ME)
+    c.adv = section(ADV)
     return c
+
+
+def check_section(path: str, section_: ml_collections.ConfigDict, keys: dict[str, Key]) -> None:
+    """Raises ConfigError on the first key of `section_` (at config.PATH) missing or not allowed."""
+    prefix = f"{path}." if path else ""
+    for name, key in keys.items():
+        if name not in section_:
+            raise ConfigError(f"config.{prefix}{name} is missing")
+        value = section_[name]
+        if not key.ok(value):
+            allowed = key.allowed() if callable(key.allowed) else key.allowed
+            raise ConfigError(f"config.{prefix}{name}={value!r} is not allowed; it must be {allowed}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError on the first training, `me` or `adv` value that is not allowed."""
     for prefix, keys in SECTIONS.items():
-        section = config[prefix] if prefix else config
-        for name, key in keys.items():
-            if name not in section:
-                raise ConfigError(f"config.{prefix + '.' if prefix else ''}{name} is missing")
-            value = section[name]
-            if not key.ok(value):
-                allowed = key.allowed() if callable(key.allowed) else key.allowed
-                path = f"{prefix}.{name}" if prefix else name
-                raise ConfigError(f"config.{path}={value!r} is not allowed; it must be {allowed}")
+        check_section(prefix, config[prefix] if prefix else config, keys)
     me = config.me
     if me.p_start > me.p_end:
         raise ConfigError(
@@ -328,7 +335,9 @@ def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{source} does not hold a config object")
     version = data.get("schema_version", 1)
     if version == 1:
-        data = upgrade_v1(data)
+        data = upgrade_v2(upgrade_v1(data))
+    elif version == 2:
+        data = upgrade_v2(data["config"])
     elif version == SCHEMA_VERSION:
         data = data["config"]
     else:
@@ -358,6 +367,50 @@ def upgrade_v1(old: dict) -> dict:
     me["threshold"] = me.get("threshold") or "rank"
     eval_votes = new.get("eval", {}).pop("votes", 10)
     me["votes"] = me.get("votes") or eval_votes
+    return new
+
+
+# Version 2's flat eval keys -> version 3's (section, key).
+_EVAL_V2 = {
+    "pgd_steps": ("pgd", "steps"), "long_pgd_steps": ("pgd", "long_steps"),
+    "long_pgd_examples": ("pgd", "long_examples"), "cw_kappas": ("cw", "kappas"),
+    "eot_samples": ("eot", "samples"), "eot_steps": ("eot", "steps"),
+    "eot_step_size": ("eot", "step_size"), "apgd_losses": ("apgd", "losses"),
+    "apgd_steps": ("apgd", "steps"), "apgd_eot_samples": ("apgd", "eot_samples"),
+    "source_workdir": ("transfer", "source_workdir"),
+    "cw_l2_confidence": ("transfer", "cw_l2_confidence"), "cw_l2_steps": ("transfer", "cw_l2_steps"),
+    "spsa_examples": ("spsa", "examples"), "spsa_steps": ("spsa", "steps"),
+    "spsa_samples": ("spsa", "samples"), "spsa_learning_rate": ("spsa", "learning_rate"),
+    "spsa_delta": ("spsa", "delta"), "boundary_examples": ("boundary", "examples"),
+    "boundary_steps": ("boundary", "steps"), "boundary_proposals": ("boundary", "proposals"),
+    "vote_examples": ("vote", "examples"), "sweep_examples": ("sanity", "examples"),
+    "eps_multipliers": ("sanity", "eps_multipliers"),
+}  # fmt: skip
+
+
+def upgrade_v2(old: dict) -> dict:
+    """Converts a version-2 config to version 3.
+
+    Version 2 kept the evaluation's budgets as flat keys (`eval.eot_steps`; -1 for "all
+    examples" or "the default step"; '' for no transfer source) where version 3 has one section
+    per kind of row (`eval.eot.steps`; None). `me.accelerated = False` meant each method's default
+    (softimpute's fancyimpute loop; nucnorm always accelerated), which version 3 writes None.
+    """
+    new = json.loads(json.dumps(old))  # a deep copy
+    me = new.get("me", {})
+    if not me.get("accelerated"):  # False was every method's default behaviour
+        me["accelerated"] = None
+    ev = new.get("eval")
+    if isinstance(ev, dict):
+        for flat, (sec, key) in _EVAL_V2.items():
+            if flat in ev:
+                value = ev.pop(flat)
+                if value == -1 or value == -1.0 or value == "":
+                    value = None
+                ev.setdefault(sec, {})[key] = value
+        if ev.get("num_examples") == -1:
+            ev["num_examples"] = None
+        ev.pop("cw_examples", None), ev.pop("eot_examples", None), ev.pop("apgd_examples", None)
     return new
 
 

@@ -28,18 +28,16 @@ def solver_options(me_config: ml_collections.ConfigDict) -> dict:
         if me_config.threshold != "rank":
             opts["threshold"] = me_config.threshold
         return opts
-    if method == "softimpute":
-        opts = {
-            "max_iters": int(me_config.max_iters),
-            "tol": float(me_config.tol),
-            "accelerated": bool(me_config.accelerated),
-        }
-        if me_config.shrinkage is not None:
-            opts["shrinkage"] = float(me_config.shrinkage)
-        return opts
+    if method not in ("softimpute", "nucnorm"):
+        return {}
+    opts = {"max_iters": int(me_config.max_iters), "tol": float(me_config.tol)}
+    if me_config.accelerated is not None:  # None: the solver's own default
+        opts["accelerated"] = bool(me_config.accelerated)
     if method == "nucnorm":
-        return {"mu": float(me_config.mu), "max_iters": int(me_config.max_iters)}
-    return {}
+        return {"mu": float(me_config.mu), **opts}
+    if me_config.shrinkage is not None:
+        opts["shrinkage"] = float(me_config.shrinkage)
+    return opts
 
 
 def training_ps(me_config: ml_collections.ConfigDict) -> np.ndarray:
@@ -82,7 +80,7 @@ def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
     return x + jax.lax.stop_gradient(y - x)
 
 
-MODES = ("menet", "network", "fixed_mask", "vote")
+MODES = ("menet", "network", "fixed_mask", "vote", "vote_soft")
 GRADIENTS = ("bpda", "exact", "none")
 
 
@@ -111,6 +109,9 @@ class DefendedClassifier:
                          attack: with the randomness fixed, ME is an ordinary function).
       mode="vote"        majority vote over `votes` masks at the training p's (supplement J): the
                          fraction of masks voting for each class [B, C]; not differentiable.
+      mode="vote_soft"   the same `votes` masks, but the log of the mean softmax over them
+                         [B, C]: a differentiable stand-in for the vote (gradients through ME by
+                         `gradient`), which is what an attack on the vote differentiates.
 
     `bn="train"` runs BatchNorm on batch statistics (the running statistics are not updated).
     `logits_fn(mode, ...)` returns the same function as `fn(x, key)` with the state bound as a
@@ -167,8 +168,9 @@ class DefendedClassifier:
             return self._network(state, x, bn)
         if mode == "fixed_mask":
             return self.apply(state, x, mask_key, mode="menet", gradient=gradient, p=p, bn=bn)
-        if mode == "vote":
-            return self._vote(state, x, key, votes or int(self.config.me.votes), gradient, bn)
+        if mode in ("vote", "vote_soft"):
+            k = votes or int(self.config.me.votes)
+            return self._vote(state, x, key, k, gradient, bn, soft=mode == "vote_soft")
         p = self.inference_p if p is None else p
         rec = me_transform(self.config.me, differentiable=gradient == "exact")(key, x, p)
         return self._network(state, straight_through(x, rec) if gradient == "bpda" else rec, bn)
@@ -195,15 +197,20 @@ class DefendedClassifier:
             model.train()
         return model(x)
 
-    def _vote(self, state, x, key, votes: int, gradient: str, bn: str) -> jax.Array:
+    def _vote(self, state, x, key, votes: int, gradient: str, bn: str, soft: bool) -> jax.Array:
         ps = vote_ps(self.config.me, votes)
         keys = jax.random.split(key, votes)
 
         def one_vote(k, pk):
             logits = self.apply(state, x, k, mode="menet", gradient=gradient, p=pk, bn=bn)
+            if soft:
+                return jax.nn.log_softmax(logits, -1)
             return jax.nn.one_hot(jnp.argmax(logits, -1), self.num_classes)
 
-        return jnp.mean(jax.lax.map(lambda a: one_vote(*a), (keys, ps)), axis=0)
+        per_mask = jax.lax.map(lambda a: one_vote(*a), (keys, ps))
+        if soft:  # log of the mean probability, computed stably
+            return jax.nn.logsumexp(per_mask, axis=0) - jnp.log(votes)
+        return jnp.mean(per_mask, axis=0)
 
     def network(self, x: jax.Array) -> jax.Array:
         """Logits of the bare network (no preprocessing)."""

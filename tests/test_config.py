@@ -69,7 +69,7 @@ def test_v1_config_json_is_upgraded_to_the_current_meaning(tmp_path):
     assert {k: v for k, v in got.items() if k != "eval"} == {
         k: v for k, v in expected.items() if k != "eval"
     }
-    assert "votes" not in got["eval"] and got["eval"]["eot_steps"] == 40
+    assert "votes" not in got["eval"] and got["eval"]["eot"]["steps"] == 40
     config.validate(old)
 
 
@@ -99,7 +99,39 @@ def test_workdir_written_before_schema_versions_loads_and_resumes(tmp_path):
     assert clf.step == 3 and clf.config.me.votes == 7
     summary = train.train_and_evaluate(tiny_config(num_train_steps=4), workdir)
     assert summary["resumed_from_step"] == 3
-    assert json.loads((tmp_path / "config.json").read_text())["schema_version"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["schema_version"] == 3
+
+
+def test_v2_config_json_reads_with_nested_eval_sections(tmp_path):
+    """A version-2 config.json (flat eval budgets, -1 for 'all', me.accelerated False meaning
+    the method's default) reads as version 3 with the same meaning, and validates."""
+    from menet_jax.evaluation.settings import validate_eval
+
+    v3 = json.loads(tiny_config().to_json())
+    v2 = json.loads(json.dumps(v3))
+    v2["me"].update(method="nucnorm", accelerated=False)
+    flat = {"pgd_steps": [40], "long_pgd_steps": 1000, "long_pgd_examples": 20,
+            "cw_kappas": [20.0, 50.0], "eot_samples": 4, "eot_steps": 40, "eot_step_size": -1.0,
+            "eot_examples": -1, "cw_examples": -1, "apgd_losses": ["ce", "dlr"],
+            "apgd_steps": 50, "apgd_eot_samples": 4, "apgd_examples": -1, "source_workdir": "",
+            "cw_l2_confidence": 20.0, "cw_l2_steps": 100, "spsa_examples": 32, "spsa_steps": 30,
+            "spsa_samples": 64, "spsa_learning_rate": 0.01, "spsa_delta": 0.01,
+            "boundary_examples": 32, "boundary_steps": 300, "boundary_proposals": 1,
+            "vote_examples": 200, "sweep_examples": 100,
+            "eps_multipliers": [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]}  # fmt: skip
+    common = {k: v3["eval"][k] for k in ("num_examples", "eps", "step_size", "gradient",
+                                          "restarts", "eval_keys", "attacks")}  # fmt: skip
+    v2["eval"] = {**common, **flat}
+    (tmp_path / "config.json").write_text(json.dumps({"schema_version": 2, "config": v2}))
+    got = checkpoint.read_config(str(tmp_path))
+    assert got.me.accelerated is None and got.me.method == "nucnorm"
+    ev = got.eval
+    assert ev.eot.steps == 40 and ev.eot.step_size is None and ev.pgd.long_examples == 20
+    assert ev.transfer.source_workdir is None and ev.sanity.examples == 100
+    assert tuple(ev.apgd.losses) == ("ce", "dlr") and ev.boundary.proposals == 1
+    assert ev.vote.examples == 200 and "eot_examples" not in ev
+    ev.vote.steps = 20  # a key version 2 did not have; the rest is complete
+    validate_eval(ev)
 
 
 def test_sprime_cache_of_another_format_is_rebuilt_not_reused(tmp_path, monkeypatch):

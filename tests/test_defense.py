@@ -58,6 +58,31 @@ def test_vote_is_the_fraction_of_masks_per_class(clf, images):
     np.testing.assert_allclose(votes, counts / k, atol=1e-6)
 
 
+def test_vote_soft_is_the_log_of_the_mean_probability_over_the_vote_masks(clf, images):
+    key, k = jax.random.key(5), 4
+    soft = np.asarray(clf.apply(clf.state, images, key, mode="vote_soft", votes=k), np.float64)
+    ps = defense.vote_ps(clf.config.me, k)
+    probs = []
+    for i, kk in enumerate(jax.random.split(key, k)):  # the same k masks as the vote
+        z = np.asarray(clf.apply(clf.state, images, kk, p=ps[i]), np.float64)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        probs.append(e / e.sum(-1, keepdims=True))
+    np.testing.assert_allclose(soft, np.log(np.mean(probs, 0)), atol=1e-5)
+    # Differentiable (BPDA through ME): a finite, non-zero input gradient.
+    fn = clf.logits_fn("vote_soft", votes=k, gradient="bpda")
+    g = jax.grad(lambda x: jnp.sum(attacks.cross_entropy(fn(x, key), jnp.zeros(6, int))))(images)
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+def test_solver_options_reach_both_iterative_solvers():
+    c = tiny_config(**{"me.method": "nucnorm", "me.tol": 1e-4, "me.max_iters": 30})
+    assert defense.solver_options(c.me) == {"mu": 1.0, "max_iters": 30, "tol": 1e-4}
+    c.me.accelerated = False  # reaches nucnorm too (None keeps each solver's default)
+    assert defense.solver_options(c.me)["accelerated"] is False
+    c.me.method, c.me.accelerated = "softimpute", True
+    assert defense.solver_options(c.me) == {"max_iters": 30, "tol": 1e-4, "accelerated": True}
+
+
 def test_bpda_gradient_is_the_network_gradient_at_the_reconstruction(clf, images):
     key = jax.random.key(2)
     fn = clf.logits_fn("menet", gradient="bpda")

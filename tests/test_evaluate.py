@@ -21,13 +21,14 @@ def eval_config(**overrides):
     c = tiny_config(**overrides)
     c.eval_batch_size = N
     ev = c.eval
-    ev.num_examples, ev.eval_keys, ev.pgd_steps, ev.long_pgd_steps = N, 3, (3,), 5
-    for key in ("long_pgd", "cw", "eot", "spsa", "boundary", "vote", "sweep"):
-        ev[f"{key}_examples"] = N
-    ev.eot_samples, ev.eot_steps = 2, 3
-    ev.spsa_steps, ev.spsa_samples = 2, 8
-    ev.boundary_steps, c.me.votes = 5, 3
-    ev.boundary_proposals, ev.apgd_steps, ev.apgd_eot_samples, ev.cw_l2_steps = 3, 4, 2, 3
+    ev.num_examples, ev.eval_keys, ev.pgd.steps, ev.pgd.long_steps = N, 3, (3,), 5
+    for kind in ("spsa", "boundary", "vote", "sanity"):
+        ev[kind].examples = N
+    ev.pgd.long_examples = N
+    ev.eot.samples, ev.eot.steps = 2, 3
+    ev.spsa.steps, ev.spsa.samples = 2, 8
+    ev.boundary.steps, ev.boundary.proposals, c.me.votes = 5, 3, 3
+    ev.apgd.steps, ev.apgd.eot_samples, ev.transfer.cw_l2_steps, ev.vote.steps = 4, 2, 3, 3
     return c
 
 
@@ -44,7 +45,7 @@ def workdirs(tmp_path_factory):
 def me_report(workdirs):
     me_dir, vanilla_dir = workdirs
     c = eval_config()
-    c.eval.source_workdir = vanilla_dir
+    c.eval.transfer.source_workdir = vanilla_dir
     return evaluation.evaluate(c, me_dir)
 
 
@@ -52,13 +53,14 @@ EXPECTED_ROWS = [
     "fgsm", "pgd_3", "pgd_long_5", "cw_k20", "cw_k50", "bpda_eot", "network_only", "graybox",
     "transfer_fgsm", "transfer_pgd_3", "transfer_cw_k20", "transfer_cw_l2_c20", "spsa",
     "boundary", "vote_clean", "apgd_ce", "apgd_dlr",
-    "vote_pgd_3", "sweep_eps_x0", "sweep_eps_x0.25", "sweep_eps_x0.5", "sweep_eps_x1",
+    "vote_pgd_3", "vote_apgd_ce", "sweep_eps_x0", "sweep_eps_x0.25", "sweep_eps_x0.5", "sweep_eps_x1",
     "sweep_eps_x2", "sweep_eps_x4", "no_me_pgd", "fixed_mask_pgd",
 ]  # fmt: skip
 EXPECTED_CHECKS = [
     "eps0_unchanged", "monotone_in_eps", "large_eps_near_chance", "pgd_at_least_fgsm",
     "blackbox_weaker_than_whitebox", "no_me_attack_succeeds", "fixed_mask_attack_succeeds",
-    "eot_at_least_bpda", "more_steps_not_weaker", "zero_gradient", "randomness",
+    "eot_at_least_bpda", "more_steps_not_weaker", "zero_gradient", "logits_not_probabilities",
+    "randomness",
 ]  # fmt: skip
 
 
@@ -68,7 +70,7 @@ def test_report_has_every_row_check_and_budget(me_report, workdirs):
     assert sorted(r["checks"]) == sorted(EXPECTED_CHECKS)
     with open(os.path.join(workdirs[0], "results.json")) as f:
         assert json.load(f) == json.loads(json.dumps(r))  # JSON-serialisable, written as is
-    assert r["schema_version"] == 2
+    assert r["schema_version"] == 3
     accs = [r["clean"]["accuracy"], r["headline"]["accuracy"]]
     accs += [a["accuracy"] for a in r["attacks"].values()]
     assert all(0 <= a <= 1 for a in accs)
@@ -166,7 +168,7 @@ def test_user_errors(workdirs, tmp_path):
     with pytest.raises(ValueError, match="config.eval.attacks"):
         evaluation.evaluate(c, workdirs[0])
     c = eval_config()
-    c.eval.eps_multipliers = (0.0, 2.0, 1.0)
+    c.eval.sanity.eps_multipliers = (0.0, 2.0, 1.0)
     with pytest.raises(ValueError, match="eps_multipliers"):
         evaluation.evaluate(c, workdirs[0])
     with pytest.raises(ValueError, match="does not exist"):
@@ -180,7 +182,7 @@ def test_user_errors(workdirs, tmp_path):
     with open(os.path.join(other, "config.json"), "w") as f:
         json.dump(cfg, f)
     c = eval_config()
-    c.eval.source_workdir = other
+    c.eval.transfer.source_workdir = other
     with pytest.raises(ValueError, match="source_workdir"):
         evaluation.evaluate(c, workdirs[0])
 
@@ -299,10 +301,11 @@ def test_checks_flag_a_broken_attack():
     pgd = np.ones(n, bool)
     rows = {"clean": np.ones(n, bool), "fgsm": fgsm, "pgd_40": pgd, "s0": np.ones(n, bool)}
     rows["s1"], rows["s2"] = fgsm, pgd
+    roles = {"reference": "pgd_40", "fgsm": "fgsm", "sweep": [(0, "s0"), (1, "s1"), (2, "s2")]}
     found, skipped = checks.compute_checks(
-        rows, main_pgd="pgd_40", sweep=[(0, "s0"), (1, "s1"), (2, "s2")], num_classes=10,
-        blackbox=[], zero_gradient=0.5, randomness={"pred_varies": 0.0, "logits_vary": 0.0},
-        uses_me=True,
+        rows, roles=roles, headline=None, num_classes=10,
+        runtime={"zero_gradient": 0.5, "probability_logits": 0.0},
+        randomness={"pred_varies": 0.0, "logits_vary": 0.0}, uses_me=True,
     )  # fmt: skip
     assert found["pgd_at_least_fgsm"]["status"] == "WARN"
     assert found["monotone_in_eps"]["status"] == "WARN"
@@ -336,9 +339,11 @@ def _checks_on(logits_fn, x, y, *, eps=0.1):
     rows["pgd_40"] = rows["no_me_pgd"] = rows["fixed_mask_pgd"] = rows["sweep_eps_x1"]
     grad = jax.grad(lambda z: jnp.sum(attacks.cross_entropy(logits_fn(z, None), y)))(x)
     zero = float(np.mean(np.all(np.asarray(grad).reshape(len(y), -1) == 0, axis=1)))
+    roles = {"reference": "pgd_40", "fgsm": "fgsm", "sweep": sweep, "no_me": "no_me_pgd",
+             "fixed_mask": "fixed_mask_pgd"}  # fmt: skip
     found, _ = checks.compute_checks(
-        {k: v.astype(np.float64) for k, v in rows.items()}, main_pgd="pgd_40", sweep=sweep,
-        num_classes=10, blackbox=[], zero_gradient=zero,
+        {k: v.astype(np.float64) for k, v in rows.items()}, roles=roles, headline=None,
+        num_classes=10, runtime={"zero_gradient": zero, "probability_logits": 0.0},
         randomness={"pred_varies": 0.9, "logits_vary": 0.9}, uses_me=True,
     )  # fmt: skip
     return found
@@ -378,3 +383,117 @@ def test_exact_gradient_rows(workdirs):
     c.eval.gradient = "straight"
     with pytest.raises(ValueError, match="config.eval.gradient"):
         evaluation.evaluate(c, workdirs[0])
+
+
+def test_a_killed_evaluation_resumes_at_the_first_unfinished_row(me_report, workdirs, monkeypatch):
+    from menet_jax.evaluation import suite
+
+    c = eval_config()
+    c.eval.attacks = "fgsm,pgd,vote"
+    c.eval.transfer.source_workdir = workdirs[1]  # as me_report: the same settings, same rows
+    ran, real = [], suite.run_row
+
+    def killed_after_three(row, *args, **kwargs):
+        if len(ran) == 3:
+            raise KeyboardInterrupt  # as if the job were killed during the fourth row
+        ran.append(row.name)
+        return real(row, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_row", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate(c, workdirs[0])
+    assert ran == ["clean", "fgsm", "pgd_3"]
+    ran.clear()
+
+    def counting(row, *args, **kwargs):
+        ran.append(row.name)
+        return real(row, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_row", counting)
+    again = evaluation.evaluate(c, workdirs[0])
+    # Only the unfinished rows ran; vote_pgd_3 reused pgd_3's saved images.
+    assert again["resumed_rows"] == ["clean", "fgsm", "pgd_3"]
+    assert ran == ["pgd_long_5", "vote_clean", "vote_pgd_3", "vote_apgd_ce"]
+    for name, a in again["attacks"].items():  # the uninterrupted evaluation's figures
+        assert a["accuracy"] == me_report["attacks"][name]["accuracy"], name
+    assert not os.path.exists(os.path.join(workdirs[0], "eval_partial"))
+
+
+def test_finished_rows_of_other_settings_are_not_reused(tmp_path):
+    from menet_jax.evaluation import suite
+
+    row = {"correct": np.ones((1, 4, 3), bool), "extra": {"unbounded_success_rate": 0.5}}
+    suite._Store(str(tmp_path), {"eps": 0.3}).save("fgsm", row, 1.5)
+    back, seconds = suite._Store(str(tmp_path), {"eps": 0.3}).load("fgsm")
+    np.testing.assert_array_equal(back["correct"], row["correct"])
+    assert back["extra"] == row["extra"] and seconds == 1.5
+    assert suite._Store(str(tmp_path), {"eps": 0.2}).load("fgsm") is None
+
+
+def test_top5_headline_and_vote_top5_against_hand_made_draws():
+    import types
+
+    import jax.numpy as jnp
+
+    from menet_jax.evaluation import report
+    from menet_jax.evaluation.rows import Plan, Row
+    from menet_jax.evaluation.target import score
+
+    # A class with no vote is never in the vote's top 5, whatever its index.
+    fractions = jnp.array([[[0.6, 0.4] + [0.0] * 10]])  # 1 draw, 1 example, 12 classes
+    assert not bool(score(fractions, jnp.array([2]), top5=True, votes=True)["top5"][0, 0])
+    assert bool(score(fractions, jnp.array([2]), top5=True, votes=False)["top5"][0, 0])
+    assert bool(score(fractions, jnp.array([1]), top5=True, votes=True)["top5"][0, 0])
+
+    # Two counted rows on 4 examples, R = 2 (2 measure + 2 select draws), one restart each.
+    n, R = 4, 2
+    ones = np.ones((1, 2 * R, n), bool)
+    attack_top5 = ones.copy()
+    attack_top5[:, :, 2:] = False  # top-5 correct on examples 0-1 only, on every draw
+    attack_correct = np.zeros((1, 2 * R, n), bool)
+
+    def result(correct, top5):
+        from menet_jax.evaluation import protocol
+
+        fig = protocol.row_figures(list(correct[:, R:]), list(correct[:, :R]))
+        return {"correct": correct, "top5": top5, "figures": fig,
+                "pred_varies": np.zeros(n, bool), "logits_vary": np.ones(n, bool)}  # fmt: skip
+
+    target = types.SimpleNamespace(uses_me=True)
+    plan = Plan(ev=None, target=target, source=None, n_all=n)
+    plan.rows = [Row("clean", "clean", "none", n, {}, counted=True),
+                 Row("pgd_3", "pgd", "white-box", n, {"eps": 0.3}, counted=True)]  # fmt: skip
+    results = {"clean": result(ones, ones), "pgd_3": result(attack_correct, attack_top5)}
+    out = report.build(plan, results, {"clean": 0.0, "pgd_3": 0.0}, runtime=None, top5=True,
+                       num_classes=200, R=R)  # fmt: skip
+    assert out["headline"]["accuracy"] == 0.0
+    assert out["headline"]["top5"]["accuracy"] == 0.5  # worst case per example: 1, 1, 0, 0
+    np.testing.assert_array_equal(out["_arrays"]["headline_top5"], [1, 1, 0, 0])
+    assert out["attacks"]["pgd_3"]["top5"] == 0.5 and out["clean"]["top5"] == 1.0
+
+
+def test_runtime_checks_and_blackbox_examples_listed():
+    n = 200
+    head = np.full(n, 0.4)
+    bb = head.copy()
+    bb[[3, 17]] = 0.0  # the black-box row did better than every counted row on two examples
+    strong = np.zeros(n)  # a black-box row far stronger than the white-box worst case
+    base = {"clean": np.ones(n), "spsa": bb, "boundary": strong}
+    found, _ = checks.compute_checks(
+        base, roles={"blackbox": ["spsa", "boundary"]}, headline=head, num_classes=10,
+        runtime={"zero_gradient": 0.0, "probability_logits": 0.25}, randomness=None,
+        uses_me=True,
+    )  # fmt: skip
+    c = found["blackbox_weaker_than_whitebox"]
+    assert c["status"] == "WARN" and "boundary" in c["detail"]
+    assert c["value"]["spsa"]["examples_lower"] == [3, 17]
+    assert len(c["value"]["boundary"]["examples_lower"]) == n
+    assert found["logits_not_probabilities"]["status"] == "WARN"
+    assert found["zero_gradient"]["status"] == "PASS"
+    found, _ = checks.compute_checks(
+        {"clean": np.ones(n), "spsa": bb}, roles={"blackbox": ["spsa"]}, headline=head,
+        num_classes=10, runtime={"zero_gradient": 0.0, "probability_logits": 0.0},
+        randomness=None, uses_me=True,
+    )  # fmt: skip
+    assert found["blackbox_weaker_than_whitebox"]["status"] == "PASS"  # 2 of 200: noise
+    assert found["logits_not_probabilities"]["status"] == "PASS"

@@ -303,6 +303,11 @@ def test_adversarial_training_step_trains_on_pgd_examples(tmp_path):
 def test_eval_settings_are_validated_before_training(tmp_path):
     with pytest.raises(ValueError, match="config.eval.attacks"):
         train.train_and_evaluate(tiny_config(**{"eval.attacks": "pgd,laser"}), str(tmp_path))
-    with pytest.raises(ConfigError, match="config.eval.eot_steps"):
-        validate_eval(tiny_config(**{"eval.eot_steps": 0}).eval)
+    with pytest.raises(ConfigError, match="config.eval.eot.steps"):
+        validate_eval(tiny_config(**{"eval.eot.steps": 0}).eval)
+    # A budget key of the old flat layout names the section it moved to.
+    c = tiny_config()
+    c.eval.eot_steps = 10
+    with pytest.raises(ConfigError, match="eval.eot_steps is not an evaluation key.*eval.pgd"):
+        validate_eval(c.eval)
     assert not os.path.exists(tmp_path / "checkpoints")

@@ -2,7 +2,8 @@
 
 Comparisons between two attack rows are paired per example on the examples both rows ran on (rows
 always run on prefixes of the same test examples), with `stats.paired_difference`, so that mask
-noise alone does not raise a WARN. One-sample bounds use the Wilson score interval.
+noise alone does not raise a WARN. One-sample bounds are `stats.mean_interval` of per-example
+rates. Rows are found by the role they play (`rows.Row.role`), never by their names.
 
 Every check is `{"status": "PASS" | "WARN", "value": ..., "detail": "..."}`.
 """
@@ -30,11 +31,10 @@ def _acc(v: np.ndarray) -> float:
 def compute_checks(
     rows: dict[str, np.ndarray],
     *,
-    main_pgd: str,
-    sweep: list[tuple[float, str]],
+    roles: dict,
+    headline: np.ndarray | None,
     num_classes: int,
-    blackbox: list[str],
-    zero_gradient: float | None,
+    runtime: dict | None,
     randomness: dict | None,
     uses_me: bool,
 ) -> tuple[dict, dict]:
@@ -43,11 +43,15 @@ def compute_checks(
     Args:
       rows: per row name, per-example correctness rates (float [n_row] in [0, 1], or bool) on the
         first n_row examples ("clean" included).
-      main_pgd: name of the main white-box PGD row.
-      sweep: (eps multiplier, row name) in increasing multiplier order.
+      roles: what each row is to the checks (`rows.Row.role`): "reference" (the main white-box
+        PGD row), "fgsm", "long", "eot", "no_me", "fixed_mask": a row name each; "blackbox": the
+        score-based, decision-based and transfer rows; "sweep": (eps multiplier, row name) pairs
+        in increasing multiplier order.
+      headline: per-example headline values (the worst case over the counted rows), or None.
       num_classes: for the chance level 1 / num_classes.
-      blackbox: names of black-box / gray-box / transfer rows to compare with `main_pgd`.
-      zero_gradient: fraction of examples whose BPDA gradient is exactly zero, or None.
+      runtime: AutoAttack's runtime checks, {"zero_gradient": fraction of examples whose loss
+        gradient is exactly zero, "probability_logits": fraction whose logits look like
+        probabilities}, or None when no attack ran.
       randomness: {"pred_varies": fraction, "logits_vary": fraction} over the R clean draws.
       uses_me: the model is an ME-Net (randomised), not the vanilla network.
 
@@ -55,85 +59,43 @@ def compute_checks(
       (checks, skipped): checks by name; skipped maps a check's name to why it was not run.
     """
     checks, skipped = {}, {}
-    chance = 1.0 / num_classes
+    rows = dict(rows)
+    if headline is not None:
+        rows["headline"] = np.asarray(headline)
+    main = roles.get("reference")
+    sweep = list(roles.get("sweep", []))
 
     def pair(a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
         n = min(rows[a].size, rows[b].size)
         return rows[a][:n], rows[b][:n]
 
-    def need(name: str, *names: str) -> bool:
-        missing = [m for m in names if m not in rows]
+    def need(name: str, *names: str | None) -> bool:
+        missing = [str(m) for m in names if m is None or m not in rows]
         if missing:
             skipped[name] = f"rows not run: {', '.join(missing)}"
         return not missing
 
-    sweep_names = [name for _, name in sweep]
-    zero = [name for mult, name in sweep if mult == 0]
-    if zero and need("eps0_unchanged", "clean", zero[0]):
-        a, b = pair(zero[0], "clean")
-        checks["eps0_unchanged"] = _check(
-            same_rate(a, b),
-            _acc(a) - _acc(b),
-            f"eps=0 accuracy {_acc(a):.4f} vs clean {_acc(b):.4f} on {a.size} examples",
+    def not_above(check: str, a: str, b: str, what: str) -> None:
+        """PASS unless row a's accuracy is significantly above row b's (paired)."""
+        x, y = pair(a, b)
+        checks[check] = _check(
+            not_greater(x, y),
+            _acc(x) - _acc(y),
+            f"{what}: {a} {_acc(x):.4f} vs {b} {_acc(y):.4f} on {x.size} examples",
         )
-    elif not zero:
-        skipped["eps0_unchanged"] = "no eps multiplier 0 in eval.eps_multipliers"
-    if len(sweep) >= 2 and need("monotone_in_eps", *sweep_names):
-        bad, accs = [], []
-        for (m0, r0), (m1, r1) in zip(sweep[:-1], sweep[1:], strict=True):
-            hi, lo = pair(r1, r0)
-            if not not_greater(hi, lo):
-                bad.append(f"x{m1:g} > x{m0:g}")
-        for mult, name in sweep:
-            accs.append([mult, _acc(rows[name])])
-        checks["monotone_in_eps"] = _check(
-            not bad,
-            accs,
-            "accuracy by eps multiplier never rises significantly"
-            + (f"; rises: {', '.join(bad)}" if bad else ""),
-        )
-    if sweep and need("large_eps_near_chance", sweep_names[-1]):
-        v = rows[sweep_names[-1]]
-        lo, hi = mean_interval(v)
-        checks["large_eps_near_chance"] = _check(
-            lo <= chance,
-            _acc(v),
-            f"accuracy at eps x{sweep[-1][0]:g} is {_acc(v):.4f} (95% CI {lo:.3f}-{hi:.3f}), "
-            f"chance {chance:.3f}",
-        )
-    if need("pgd_at_least_fgsm", main_pgd, "fgsm"):
-        a, b = pair(main_pgd, "fgsm")
-        checks["pgd_at_least_fgsm"] = _check(
-            not_greater(a, b),
-            _acc(a) - _acc(b),
-            f"{main_pgd} {_acc(a):.4f} vs fgsm {_acc(b):.4f} on {a.size} examples",
-        )
-    present = [name for name in blackbox if name in rows]
-    if not present:
-        skipped["blackbox_weaker_than_whitebox"] = "no black-box, transfer or gray-box rows"
-    elif need("blackbox_weaker_than_whitebox", main_pgd):
-        parts, bad, value = [], [], {}
-        for name in present:
-            wb, bb = pair(main_pgd, name)
-            value[name] = round(_acc(bb) - _acc(wb), 4)
-            parts.append(f"{name} {_acc(bb):.4f} vs {_acc(wb):.4f} (n={bb.size})")
-            if not not_greater(wb, bb):
-                bad.append(name)
-        checks["blackbox_weaker_than_whitebox"] = _check(
-            not bad,
-            value,
-            f"accuracy minus {main_pgd}'s: "
-            + "; ".join(parts)
-            + (f"; stronger than white-box: {', '.join(bad)}" if bad else ""),
-        )
-    for check, row, what in (
-        ("no_me_attack_succeeds", "no_me_pgd", "the same PGD on the bare network, judged bare"),
-        ("fixed_mask_attack_succeeds", "fixed_mask_pgd", "PGD and judging with one fixed mask"),
+
+    _sweep_checks(checks, skipped, rows, sweep, pair, need, 1.0 / num_classes)
+    if need("pgd_at_least_fgsm", main, roles.get("fgsm")):
+        not_above("pgd_at_least_fgsm", main, roles["fgsm"], "PGD must not be weaker than FGSM")
+    _blackbox_check(checks, skipped, rows, roles.get("blackbox", []), pair)
+    for check, role, what in (
+        ("no_me_attack_succeeds", "no_me", "the same PGD on the bare network, judged bare"),
+        ("fixed_mask_attack_succeeds", "fixed_mask", "PGD and judging with one fixed mask"),
     ):
         if not uses_me:
             skipped[check] = "not an ME-Net (me.method=none)"
-        elif need(check, row, main_pgd):
-            a, b = pair(row, main_pgd)
+        elif need(check, roles.get(role), main):
+            a, b = pair(roles[role], main)
             lo, hi = mean_interval(a)
             checks[check] = _check(
                 _acc(a) <= ATTACK_SUCCESS_LIMIT,
@@ -144,44 +106,121 @@ def compute_checks(
             )
     if not uses_me:
         skipped["eot_at_least_bpda"] = "not an ME-Net (me.method=none)"
-    elif need("eot_at_least_bpda", "bpda_eot", main_pgd):
-        a, b = pair("bpda_eot", main_pgd)
-        checks["eot_at_least_bpda"] = _check(
-            not_greater(a, b),
+    elif need("eot_at_least_bpda", roles.get("eot"), main):
+        not_above("eot_at_least_bpda", roles["eot"], main, "EOT must not be weaker than BPDA")
+    if roles.get("long") and need("more_steps_not_weaker", roles["long"], main):
+        not_above("more_steps_not_weaker", roles["long"], main, "a longer PGD must not be weaker")
+    _runtime_checks(checks, skipped, runtime)
+    _randomness_check(checks, skipped, randomness, uses_me)
+    return checks, skipped
+
+
+def _sweep_checks(checks, skipped, rows, sweep, pair, need, chance) -> None:
+    """eps 0 leaves the clean accuracy; accuracy never rises with eps; a large eps reaches chance."""
+    names = [name for _, name in sweep]
+    zero = [name for mult, name in sweep if mult == 0]
+    if zero and need("eps0_unchanged", "clean", zero[0]):
+        a, b = pair(zero[0], "clean")
+        checks["eps0_unchanged"] = _check(
+            same_rate(a, b),
             _acc(a) - _acc(b),
-            f"BPDA+EOT {_acc(a):.4f} vs {main_pgd} {_acc(b):.4f} on {a.size} examples",
+            f"eps=0 accuracy {_acc(a):.4f} vs clean {_acc(b):.4f} on {a.size} examples",
         )
-    long = [name for name in rows if name.startswith("pgd_long_")]
-    if long and need("more_steps_not_weaker", main_pgd):
-        a, b = pair(long[0], main_pgd)
-        checks["more_steps_not_weaker"] = _check(
-            not_greater(a, b),
-            _acc(a) - _acc(b),
-            f"{long[0]} {_acc(a):.4f} vs {main_pgd} {_acc(b):.4f} on {a.size} examples",
+    elif not zero:
+        skipped["eps0_unchanged"] = "no eps multiplier 0 among the sweep rows"
+    if len(sweep) >= 2 and need("monotone_in_eps", *names):
+        bad = []
+        for (m0, r0), (m1, r1) in zip(sweep[:-1], sweep[1:], strict=True):
+            hi, lo = pair(r1, r0)
+            if not not_greater(hi, lo):
+                bad.append(f"x{m1:g} > x{m0:g}")
+        checks["monotone_in_eps"] = _check(
+            not bad,
+            [[mult, _acc(rows[name])] for mult, name in sweep],
+            "accuracy by eps multiplier never rises significantly"
+            + (f"; rises: {', '.join(bad)}" if bad else ""),
         )
-    if zero_gradient is None:
-        skipped["zero_gradient"] = "sanity rows not run"
-    else:
-        checks["zero_gradient"] = _check(
-            zero_gradient <= ZERO_GRADIENT_LIMIT,
-            round(zero_gradient, 4),
-            f"fraction of clean examples whose BPDA loss gradient is exactly zero "
-            f"(limit {ZERO_GRADIENT_LIMIT})",
+    if sweep and need("large_eps_near_chance", names[-1]):
+        v = rows[names[-1]]
+        lo, hi = mean_interval(v)
+        checks["large_eps_near_chance"] = _check(
+            lo <= chance,
+            _acc(v),
+            f"accuracy at eps x{sweep[-1][0]:g} is {_acc(v):.4f} (95% CI {lo:.3f}-{hi:.3f}), "
+            f"chance {chance:.3f}",
         )
+
+
+def _blackbox_check(checks, skipped, rows, blackbox, pair) -> None:
+    """No black-box or transfer row beats the white-box worst case (the headline) by more than
+    mask noise explains; the examples where it did better are listed per row."""
+    present = [name for name in blackbox if name in rows]
+    if not present:
+        skipped["blackbox_weaker_than_whitebox"] = "no score-based, decision-based or transfer rows"
+        return
+    if "headline" not in rows:
+        skipped["blackbox_weaker_than_whitebox"] = "no headline"
+        return
+    parts, bad, value = [], [], {}
+    for name in present:
+        wb, bb = pair("headline", name)
+        lower = np.flatnonzero(np.asarray(bb, np.float64) < np.asarray(wb, np.float64))
+        value[name] = {
+            "difference": round(_acc(bb) - _acc(wb), 4),
+            "examples_lower": [int(i) for i in lower],
+        }
+        parts.append(
+            f"{name} {_acc(bb):.4f} vs {_acc(wb):.4f} (n={bb.size}; lower on {lower.size})"
+        )
+        if not not_greater(wb, bb):
+            bad.append(name)
+    checks["blackbox_weaker_than_whitebox"] = _check(
+        not bad,
+        value,
+        "accuracy against the headline's per-example worst case on the same examples: "
+        + "; ".join(parts)
+        + (f"; stronger than the white-box rows: {', '.join(bad)}" if bad else "")
+        + " (examples_lower: where the row did better than every counted row)",
+    )
+
+
+def _runtime_checks(checks, skipped, runtime) -> None:
+    """AutoAttack's runtime checks: gradients that are exactly zero, logits that are
+    probabilities (a softmax output flattens cross-entropy gradients)."""
+    if runtime is None:
+        skipped["zero_gradient"] = skipped["logits_not_probabilities"] = "no attack rows run"
+        return
+    zero = runtime["zero_gradient"]
+    checks["zero_gradient"] = _check(
+        zero <= ZERO_GRADIENT_LIMIT,
+        round(zero, 4),
+        f"fraction of clean examples whose white-box loss gradient is exactly zero "
+        f"(limit {ZERO_GRADIENT_LIMIT})",
+    )
+    probs = runtime["probability_logits"]
+    checks["logits_not_probabilities"] = _check(
+        probs == 0,
+        round(probs, 4),
+        "fraction of clean examples whose logits are non-negative, at most 1 and sum to 1 "
+        "(a model that outputs probabilities; attack its logits instead)",
+    )
+
+
+def _randomness_check(checks, skipped, randomness, uses_me) -> None:
+    """An ME-Net's draws differ; a vanilla model's never do."""
     if randomness is None:
         skipped["randomness"] = "clean row not run"
+        return
+    if uses_me:
+        ok = randomness["logits_vary"] > 0.5
+        rule = "ME-Net: logits must differ between draws for most examples"
     else:
-        if uses_me:
-            ok = randomness["logits_vary"] > 0.5
-            rule = "ME-Net: logits must differ between draws for most examples"
-        else:
-            ok = randomness["logits_vary"] == 0 and randomness["pred_varies"] == 0
-            rule = "vanilla: every draw must give the same logits"
-        checks["randomness"] = _check(
-            ok,
-            randomness["pred_varies"],
-            f"fraction of examples whose prediction varies over the R draws "
-            f"{randomness['pred_varies']:.4f}, whose logits vary {randomness['logits_vary']:.4f}"
-            f" ({rule})",
-        )
-    return checks, skipped
+        ok = randomness["logits_vary"] == 0 and randomness["pred_varies"] == 0
+        rule = "vanilla: every draw must give the same logits"
+    checks["randomness"] = _check(
+        ok,
+        randomness["pred_varies"],
+        f"fraction of examples whose prediction varies over the R draws "
+        f"{randomness['pred_varies']:.4f}, whose logits vary {randomness['logits_vary']:.4f}"
+        f" ({rule})",
+    )

@@ -28,6 +28,8 @@ import numpy as np
 
 from menet_jax import attacks, checkpoint, input_pipeline, rng
 from menet_jax.evaluation import protocol, report, suite
+from menet_jax.evaluation.rows import Row
+from menet_jax.evaluation.target import Target
 
 
 def momentum_attack(logits_fn, x, y, key, *, eps, steps, eot, loss):
@@ -81,7 +83,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
         raise FileNotFoundError(f"{report_path} does not exist; run --mode=eval first")
     with open(report_path) as f:
         results = json.load(f)
-    if results.get("schema_version") != report.RESULTS_SCHEMA_VERSION:
+    if results.get("schema_version") not in (2, report.RESULTS_SCHEMA_VERSION):
         raise ValueError(f"{report_path} is from another results schema; re-run --mode=eval")
     stored = np.load(os.path.join(workdir, "results.npz"))
     head, R = results["headline"], int(results["eval_keys"])
@@ -93,7 +95,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
         run_config.dataset, "test", data_dir=run_config.data_dir
     )
     x_all, y_all = input_pipeline.to_float(images[:n]), labels[:n].astype(np.int32)
-    model = suite._Model(clf, votes=int(clf.config.me.votes), top5=False)
+    model = Target(clf, votes=int(clf.config.me.votes), top5=False)
     keys = suite.judging_keys(clf.config.seed, R)
     rows = {
         name: {"selection": list(d[:, R:, :n]), "measurement": list(d[:, :R, :n])}
@@ -113,9 +115,9 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
                 )
             )
             t0 = time.time()
-            row = suite.Row(name, "crosscheck", "independent", n, {}, make=attack, counted=False)
+            row = Row(name, "crosscheck", "independent", n, {}, make=attack)
             data, streams = (x_all, y_all, keys), {"attack": attack_stream}
-            correct = suite._run_row(row, model, data, streams, {}, batch_size)["correct"][0]
+            correct = suite.run_row(row, model, data, streams, {}, batch_size)["correct"][0]
             seconds[name] = round(time.time() - t0, 1)
             extra[name] = {"selection": [correct[R:]], "measurement": [correct[:R]]}
             rate = protocol.rates(correct[:R]).mean()

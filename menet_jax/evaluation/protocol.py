@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from menet_jax.evaluation.stats import majority, mean_interval
+from menet_jax.evaluation.stats import majority, mean_interval, wilson
 
 
 def rates(correct: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ def headline(rows: dict[str, dict]) -> dict:
 def row_figures(selection: list[np.ndarray], measurement: list[np.ndarray]) -> dict:
     """A row's figures: expected single-mask accuracy (worst restart per example, selected on the
     selection draws), its interval, and the majority vote of the first restart's measurement
-    draws (labelled a vote). Returns per-example `values` too."""
+    draws (labelled a vote) with its Wilson interval. Returns per-example `values` too."""
     best = worst_candidate(selection, measurement)
     lo, hi = mean_interval(best["values"])
     vote = majority(measurement[0]) if len(measurement) == 1 else None
@@ -103,4 +103,6 @@ def row_figures(selection: list[np.ndarray], measurement: list[np.ndarray]) -> d
     }
     if vote is not None:
         out["vote_accuracy"] = round(float(vote.mean()), 4)
+        v_lo, v_hi = wilson(int(vote.sum()), int(vote.size))
+        out["vote_interval"] = [round(v_lo, 4), round(v_hi, 4)]
     return out

@@ -9,12 +9,15 @@ draws under `draws/<row>` and the adversarial examples of the rows that decided 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
 from menet_jax.evaluation import checks, protocol
 
-RESULTS_SCHEMA_VERSION = 2  # 2: expected single-mask accuracy, `headline`, results.npz
+# 2: expected single-mask accuracy, `headline`, results.npz; 3: rows carry their `role`,
+# `num_classes`, `resumed_rows`, `budgets.runtime_checks`, results.npz `headline_top5`.
+RESULTS_SCHEMA_VERSION = 3
 
 
 def _fmt(v) -> str:
@@ -112,26 +115,57 @@ def write_markdown(report: dict, path: str) -> None:
         lines.append(
             f"| {name} | {r['examples']} | {r['steps']} | {r['samples']} | {r['seconds']:.1f} |"
         )
-    if "zero_gradient" in b:
-        z = b["zero_gradient"]
-        lines.append(f"| zero-gradient check | {z['examples']} | | | {z['seconds']:.1f} |")
+    if "runtime_checks" in b:
+        z = b["runtime_checks"]
+        lines.append(f"| runtime checks | {z['examples']} | | | {z['seconds']:.1f} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def build(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_all, top5) -> dict:
+def _counted(plan, results, R: int, what: str = "correct") -> dict:
+    """Per counted row, its selection and measurement draws (one array per restart)."""
+    return {
+        row.name: {
+            "selection": list(results[row.name][what][:, R:]),
+            "measurement": list(results[row.name][what][:, :R]),
+        }
+        for row in plan.rows
+        if row.counted
+    }
+
+
+def _roles(plan) -> dict:
+    """What the checks read each row as (`rows.Row.role`)."""
+    roles: dict = {"blackbox": [], "sweep": []}
+    for row in plan.rows:
+        if row.role == "sweep":
+            roles["sweep"].append((float(row.params["eps_multiplier"]), row.name))
+        elif row.role == "blackbox":
+            roles["blackbox"].append(row.name)
+        elif row.role is not None:
+            roles[row.role] = row.name
+    roles["sweep"].sort()
+    return roles
+
+
+def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
     """results.json's content from the rows run: figures per row, the headline, the checks, the
     budgets; `_arrays` holds what goes to results.npz (per-example rates, raw judging draws, the
-    adversarial examples of the rows that decided the headline)."""
-    R = int(ev.eval_keys)
+    adversarial examples of the rows that decided the headline).
 
-    def split(r, what="correct"):  # (selection, measurement) lists, one array per restart
-        return list(r[what][:, R:]), list(r[what][:, :R])
-
+    Args:
+      plan: the `rows.Plan` that was run.
+      results: per row, `suite.run_row`'s output with its `protocol.row_figures` as "figures".
+      seconds: per row (and "runtime_checks"), the seconds it took.
+      runtime: `suite._runtime_checks`'s fractions, or None when no attack ran.
+      top5: score top-5 accuracy too.
+      num_classes: for the chance level.
+      R: judging draws that measure (as many more select).
+    """
     figures, values, arrays = {}, {}, {}
-    for row in rows:
+    for row in plan.rows:
         r = results[row.name]
-        fig = protocol.row_figures(*split(r))
+        fig = dict(r["figures"])
         values[row.name] = fig.pop("values")
         arrays[row.name] = values[row.name].astype(np.float32)
         arrays[f"draws/{row.name}"] = r["correct"]  # [restarts, 2R, n]: R measure, R select
@@ -140,31 +174,25 @@ def build(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_
             "n": row.n,
             "params": {**row.params, "examples": row.n, "eval_keys": R},
             "threat": row.threat,
-            "group": row.group,
+            "group": row.kind,
+            "role": row.role,
             "in_headline": row.counted,
             **r.get("extra", {}),
         }
         if top5:
-            entry["top5"] = protocol.row_figures(*split(r, "top5"))["accuracy"]
+            sel, meas = list(r["top5"][:, R:]), list(r["top5"][:, :R])
+            entry["top5"] = protocol.row_figures(sel, meas)["accuracy"]
         figures[row.name] = entry
 
-    def counted(what="correct"):
-        return {
-            row.name: dict(
-                zip(("selection", "measurement"), split(results[row.name], what), strict=True)
-            )
-            for row in rows
-            if row.counted
-        }
-
-    head = protocol.headline(counted())
+    head = protocol.headline(_counted(plan, results, R))
     arrays["headline"] = head.pop("values").astype(np.float32)
     decided = head.pop("decided_by")
     head["decided_by"] = {name: decided.count(name) for name in sorted(set(decided))}
     if top5:
-        head5 = protocol.headline(counted("top5"))
+        head5 = protocol.headline(_counted(plan, results, R, "top5"))
+        arrays["headline_top5"] = head5["values"].astype(np.float32)
         head["top5"] = {"accuracy": head5["accuracy"], "interval": head5["interval"]}
-    for row in rows:  # the adversarial examples of the rows that decide the headline
+    for row in plan.rows:  # the adversarial examples of the rows that decide the headline
         adv = results[row.name].get("adversarial")
         if adv is not None and row.name in head["decided_by"]:
             arrays[f"adversarial/{row.name}"] = adv[:, : head["n"]]
@@ -173,23 +201,17 @@ def build(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_
         "pred_varies": round(float(results["clean"]["pred_varies"].mean()), 4),
         "logits_vary": round(float(results["clean"]["logits_vary"].mean()), 4),
     }
-    sweep = [(float(m), f"sweep_eps_x{float(m):g}") for m in ev.eps_multipliers]
-    sweep = [(m, name) for m, name in sweep if name in values]
-    blackbox = ["graybox", "network_only", "spsa", "boundary"] + [
-        name for name in values if name.startswith("transfer_")
-    ]
     found, skipped_checks = checks.compute_checks(
         values,
-        main_pgd=main_pgd,
-        sweep=sweep,
-        num_classes=model.clf.num_classes,
-        blackbox=blackbox,
-        zero_gradient=zero_grad,
+        roles=_roles(plan),
+        headline=arrays["headline"],
+        num_classes=num_classes,
+        runtime=runtime,
         randomness=randomness,
-        uses_me=model.uses_me,
+        uses_me=plan.target.uses_me,
     )
     budgets = {
-        "examples": n_all,
+        "examples": plan.n_all,
         "eval_keys": R,
         "rows": {
             row.name: {
@@ -199,11 +221,11 @@ def build(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_
                 "restarts": row.restarts,
                 "seconds": seconds[row.name],
             }
-            for row in rows
+            for row in plan.rows
         },
     }
-    if "zero_gradient" in seconds:
-        budgets["zero_gradient"] = {"examples": n_all, "seconds": seconds["zero_gradient"]}
+    if "runtime_checks" in seconds:
+        budgets["runtime_checks"] = {"examples": plan.n_all, "seconds": seconds["runtime_checks"]}
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "headline": head,
@@ -211,6 +233,19 @@ def build(rows, results, seconds, skipped, *, main_pgd, model, ev, zero_grad, n_
         "attacks": figures,
         "checks": found,
         "budgets": budgets,
-        "skipped": {"rows": skipped, "checks": skipped_checks},
+        "skipped": {"rows": plan.skipped, "checks": skipped_checks},
         "_arrays": arrays,
     }
+
+
+def write(out: dict, arrays: dict, workdir: str) -> None:
+    """Writes results.json, results.npz and results.md into WORKDIR (each file whole or not at
+    all: written to a temporary name, then renamed)."""
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f, indent=2)
+    os.replace(path + ".tmp", path)
+    tmp = os.path.join(workdir, "results.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, os.path.join(workdir, "results.npz"))
+    write_markdown(out, os.path.join(workdir, "results.md"))

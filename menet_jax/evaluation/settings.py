@@ -1,9 +1,11 @@
-"""The evaluation's row groups and the checks of the `eval` config keys.
+"""The `eval` config: its common keys, one section per kind of row, and their checks.
 
-`GROUPS` names the groups of attack rows `config.eval.attacks` can select (`parse_attacks`);
-`ME_ONLY` those that need a model with ME. `validate_eval` checks every `eval` value before any
-work starts (training calls it too, so a bad evaluation setting fails before hours of training).
-Errors are `menet_jax.config.ConfigError`.
+`config.eval` holds the keys every row shares (`COMMON`: the examples, eps, step size, gradient
+rule, restarts, judging draws, which kinds run) and one section per kind of row
+(`config.eval.pgd.steps`, `config.eval.apgd.eot_samples`, ...), whose keys are defined with the
+kind in `menet_jax.evaluation.rows`. `eval_config()` gives the defaults; `validate_eval` checks
+every value before any work starts (training calls it too, so a bad evaluation setting fails
+before hours of training). Errors are `menet_jax.config.ConfigError`.
 """
 
 from __future__ import annotations
@@ -11,106 +13,108 @@ from __future__ import annotations
 import math
 
 import ml_collections
-import numpy as np
 
-from menet_jax.config import ConfigError
+from menet_jax.config import ConfigError, Key, check_section, section
+from menet_jax.evaluation.rows import KINDS
 
-GROUPS = (
-    "clean",
-    "fgsm",
-    "pgd",
-    "cw",
-    "eot",
-    "apgd",
-    "network_only",
-    "graybox",
-    "transfer",
-    "spsa",
-    "boundary",
-    "vote",
-    "sanity",
-)
-ME_ONLY = ("eot", "network_only", "graybox", "vote")
+GROUPS = tuple(k.name for k in KINDS)
 
 
-def parse_attacks(spec: str) -> set[str]:
-    """The row groups named by eval.attacks ('all' or a comma-separated subset)."""
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _allowed_attacks() -> str:
+    return f"'all' or a comma-separated subset of {', '.join(GROUPS)}"
+
+
+COMMON: dict[str, Key] = {
+    "num_examples": Key(
+        1000,
+        "a positive integer or None",
+        lambda v: v is None or (_is_int(v) and v > 0),
+        "test examples every counted row runs on (the first N); None: the whole test split",
+        int,
+    ),
+    "eps": Key(
+        8 / 255,
+        "a finite number >= 0",
+        lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
+        "L-inf radius of every bounded attack",
+    ),
+    "step_size": Key(
+        2 / 255, "a positive number", lambda v: isinstance(v, int | float) and v > 0, "PGD step"
+    ),
+    "gradient": Key(
+        "bpda",
+        "'bpda' (straight-through) or 'exact'",
+        lambda v: v in ("bpda", "exact"),
+        "gradient of ME in white-box attacks; the fixed-mask sanity row always uses exact",
+    ),
+    "restarts": Key(
+        1, "a positive integer", lambda v: _is_int(v) and v >= 1, "restarts of PGD and APGD rows"
+    ),
+    "eval_keys": Key(
+        5,
+        "a positive integer",
+        lambda v: _is_int(v) and v >= 1,
+        "R: fresh judging draws that measure (and R more that select; docs/method.md §6)",
+    ),
+    "attacks": Key(
+        "all",
+        _allowed_attacks,
+        lambda v: _parse(v) is not None,
+        "the kinds of rows to run: 'all' or a comma-separated subset",
+    ),
+}
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """The defaults of `config.eval`: the common keys and every kind's section."""
+    c = section(COMMON)
+    for kind in KINDS:
+        if kind.keys:
+            c[kind.name] = section(kind.keys)
+    return c
+
+
+def _parse(spec) -> set[str] | None:
     names = [s.strip() for s in str(spec).split(",") if s.strip()]
     if names == ["all"]:
         return set(GROUPS)
-    unknown = [s for s in names if s not in GROUPS]
-    if unknown or not names:
-        raise ConfigError(
-            f"config.eval.attacks={spec!r} names unknown groups {unknown}; allowed: 'all' or a "
-            f"comma-separated subset of {', '.join(GROUPS)}"
-        )
+    if not names or any(s not in GROUPS for s in names):
+        return None
     return set(names) | {"clean"}
 
 
-def _err(key: str, value, allowed: str) -> ConfigError:
-    return ConfigError(f"config.eval.{key}={value!r} is not allowed; it must be {allowed}")
+def parse_attacks(spec: str) -> set[str]:
+    """The kinds of rows named by eval.attacks ('all' or a comma-separated subset)."""
+    groups = _parse(spec)
+    if groups is None:
+        names = [s.strip() for s in str(spec).split(",") if s.strip()]
+        unknown = [s for s in names if s not in GROUPS]
+        raise ConfigError(
+            f"config.eval.attacks={spec!r} names unknown kinds {unknown}; allowed: "
+            + _allowed_attacks()
+        )
+    return groups
 
 
 def validate_eval(ev: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError on the first eval setting that is not allowed."""
-    parse_attacks(ev.attacks)
-
-    def is_int(v):
-        return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-    if not (is_int(ev.num_examples) and (ev.num_examples > 0 or ev.num_examples == -1)):
-        raise _err("num_examples", ev.num_examples, "a positive integer or -1 (all)")
-    for key in (
-        "long_pgd_examples",
-        "eot_examples",
-        "spsa_examples",
-        "boundary_examples",
-        "sweep_examples",
-        "cw_examples",
-        "vote_examples",
-        "apgd_examples",
-    ):
-        v = ev[key]
-        if not (is_int(v) and v >= -1):
-            raise _err(key, v, "a non-negative integer (0 skips the row) or -1 (all)")
-    for key in (
-        "restarts",
-        "eot_samples",
-        "eot_steps",
-        "spsa_steps",
-        "boundary_steps",
-        "eval_keys",
-        "long_pgd_steps",
-        "apgd_steps",
-        "apgd_eot_samples",
-        "boundary_proposals",
-        "cw_l2_steps",
-    ):
-        if not (is_int(ev[key]) and ev[key] >= 1):
-            raise _err(key, ev[key], "a positive integer")
-    if not (ev.eps >= 0 and math.isfinite(ev.eps)):
-        raise _err("eps", ev.eps, "a finite number >= 0")
-    if not ev.step_size > 0:
-        raise _err("step_size", ev.step_size, "positive")
-    if not (ev.eot_step_size == -1 or ev.eot_step_size > 0):
-        raise _err("eot_step_size", ev.eot_step_size, "positive or -1 (5 * eps / eot_steps)")
-    steps = tuple(ev.pgd_steps)
-    if not steps or not all(is_int(s) and s >= 1 for s in steps):
-        raise _err("pgd_steps", steps, "a non-empty tuple of positive integers")
-    if not all(k >= 0 for k in ev.cw_kappas):
-        raise _err("cw_kappas", tuple(ev.cw_kappas), "a tuple of numbers >= 0")
-    mults = tuple(ev.eps_multipliers)
-    if not all(m >= 0 for m in mults) or list(mults) != sorted(set(mults)):
-        raise _err("eps_multipliers", mults, "strictly increasing numbers >= 0")
-    if not (is_int(ev.spsa_samples) and ev.spsa_samples >= 2 and ev.spsa_samples % 2 == 0):
-        raise _err("spsa_samples", ev.spsa_samples, "an even integer >= 2")
-    if ev.gradient not in ("bpda", "exact"):
-        raise _err("gradient", ev.gradient, "'bpda' (straight-through) or 'exact'")
-    losses = tuple(ev.apgd_losses)
-    if not losses or not set(losses) <= {"ce", "dlr", "dlr_targeted"}:
-        raise _err("apgd_losses", losses, "a non-empty tuple of 'ce', 'dlr', 'dlr_targeted'")
-    if not ev.cw_l2_confidence >= 0:
-        raise _err("cw_l2_confidence", ev.cw_l2_confidence, "a number >= 0")
-    for key in ("spsa_learning_rate", "spsa_delta"):
-        if not ev[key] > 0:
-            raise _err(key, ev[key], "positive")
+    """Raises ConfigError on the first eval setting that is missing or not allowed."""
+    parse_attacks(ev.get("attacks", "all"))
+    check_section("eval", ev, COMMON)
+    for kind in KINDS:
+        if not kind.keys:
+            continue
+        if kind.name not in ev or not isinstance(ev[kind.name], ml_collections.ConfigDict):
+            raise ConfigError(f"config.eval.{kind.name} is missing (a section of {kind.doc})")
+        check_section(f"eval.{kind.name}", ev[kind.name], kind.keys)
+    known = set(COMMON) | {k.name for k in KINDS if k.keys}
+    unknown = sorted(set(ev.keys()) - known)
+    if unknown:
+        raise ConfigError(
+            f"config.eval.{unknown[0]} is not an evaluation key; the keys are "
+            f"{', '.join(sorted(known))} (budgets live in their row's section, e.g. "
+            "config.eval.pgd.steps)"
+        )

@@ -1,0 +1,116 @@
+"""The evaluated classifier as jit-friendly functions: what attacks differentiate, how rows judge.
+
+`Target(clf, votes=, top5=, gradient=)` wraps a `DefendedClassifier` once, so every jitted
+function keeps its cache across batches and rows (arrays travel as traced arguments, functions by
+identity). Every logits function comes from `DefendedClassifier.logits_fn`:
+
+  whitebox   one fresh mask + ME, gradients by `gradient` ("bpda" straight-through or "exact");
+  network    the bare network;
+  vote_soft  the log of the mean softmax over the vote's k fresh masks (what an attack on the
+             majority vote differentiates; docs/method.md §5.7);
+  fixed(k)   ME with the one mask drawn from k, exact gradients (a sanity attack).
+
+`judges[name](state, x_adv, y, idx, keys)` scores images on the 2R judging draws (docs/method.md
+§6): "defended" (one fresh mask per draw and example), "vote" (the k-mask majority vote per draw),
+"network" (the bare network, the same on every draw) and "fixed" (one fixed mask).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import Partial
+
+from menet_jax import attacks
+
+
+def score(logits: jax.Array, y: jax.Array, *, top5: bool, votes: bool = False) -> dict:
+    """Per draw and example: correct, top-5 correct; per example whether draws disagree.
+
+    Args:
+      logits: [D, B, C] logits (or vote fractions when `votes`) of D draws.
+      y: [B] labels.
+      top5: also score top-5 correctness.
+      votes: the values are vote fractions; a class that got no vote is never in the top 5.
+    """
+    out = {"correct": jnp.argmax(logits, -1) == y[None]}
+    if top5:
+        vals, idx = jax.lax.top_k(logits, 5)
+        hit = idx == y[None, :, None]
+        if votes:
+            hit = hit & (vals > 0)
+        out["top5"] = jnp.any(hit, -1)
+    out["pred_varies"] = jnp.any(jnp.argmax(logits, -1) != jnp.argmax(logits[0], -1), 0)
+    out["logits_vary"] = jnp.any(logits != logits[:1], axis=(0, 2))
+    return out
+
+
+class Target:
+    """Pure functions of one classifier, created once so jit caches stay warm across batches."""
+
+    def __init__(self, clf, *, votes: int, top5: bool, gradient: str = "bpda"):
+        self.clf, self.state, self.votes = clf, clf.state, votes
+        self.uses_me = clf.config.me.method != "none"
+        self.gradient = gradient
+        self.whitebox = clf.logits_fn("menet", gradient=gradient)
+        self.network = clf.logits_fn("network")
+        self.vote_soft = clf.logits_fn("vote_soft", votes=votes, gradient=gradient)
+        self.preprocess = jax.jit(lambda x, k: clf.preprocess(x, k))
+
+        def bpda(state, x, key):
+            return clf.apply(state, x, key, mode="menet", gradient="bpda")
+
+        def vote(state, x, key):
+            return clf.apply(state, x, key, mode="vote", votes=votes)
+
+        def at_rec(state, rec, x0, z, key):  # network-only: ME(x) fixed, delta on top
+            return clf.apply(state, rec + (z - x0), key, mode="network")
+
+        self._at_rec = at_rec
+
+        def per_example(fn, *, is_vote=False):
+            def draws(state, x, y, idx, keys):
+                def one(k):
+                    ks = jax.vmap(lambda i: jax.random.fold_in(k, i))(idx)
+                    return jax.vmap(lambda xi, ki: fn(state, xi[None], ki)[0])(x, ks)
+
+                return score(jax.lax.map(one, keys), y, top5=top5, votes=is_vote)
+
+            return jax.jit(draws)
+
+        def network_judge(state, x, y, idx, keys):
+            return score(clf.apply(state, x, None, mode="network")[None], y, top5=top5)
+
+        def fixed_judge(state, x, y, key):
+            return score(bpda(state, x, key)[None], y, top5=top5)
+
+        self.judges = {
+            "defended": per_example(bpda),
+            "vote": per_example(vote, is_vote=True),
+            "network": jax.jit(network_judge),
+            "fixed": jax.jit(fixed_judge),
+        }
+
+        def grad_is_zero(state, x, y, key):
+            def loss(z):
+                return jnp.sum(attacks.cross_entropy(bpda(state, z, key), y))
+
+            g = jax.grad(loss)(x)
+            return jnp.all(g.reshape(g.shape[0], -1) == 0, axis=-1)
+
+        self.grad_is_zero = jax.jit(grad_is_zero)
+
+        def look_like_probabilities(state, x, key):
+            logits = bpda(state, x, key)
+            sums_to_one = jnp.abs(jnp.sum(logits, -1) - 1) < 1e-4
+            return sums_to_one & jnp.all((logits >= 0) & (logits <= 1), -1)
+
+        self.look_like_probabilities = jax.jit(look_like_probabilities)
+
+    def at_rec(self, rec, x):
+        """The network at a fixed reconstruction `rec` of x, perturbation added on top."""
+        return Partial(self._at_rec, self.state, rec, x)
+
+    def fixed(self, mask_key):
+        """ME with the one mask drawn from `mask_key`, exact gradients through the solver."""
+        return self.clf.logits_fn("fixed_mask", mask_key=mask_key, gradient="exact")
