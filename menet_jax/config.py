@@ -296,7 +296,9 @@ def check_section(path: str, section_: ml_collections.ConfigDict, keys: dict[str
         value = section_[name]
         if not key.ok(value):
             allowed = key.allowed() if callable(key.allowed) else key.allowed
-            raise ConfigError(f"config.{prefix}{name}={value!r} is not allowed; it must be {allowed}")
+            raise ConfigError(
+                f"config.{prefix}{name}={value!r} is not allowed; it must be {allowed}"
+            )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -378,7 +380,8 @@ _EVAL_V2 = {
     "eot_step_size": ("eot", "step_size"), "apgd_losses": ("apgd", "losses"),
     "apgd_steps": ("apgd", "steps"), "apgd_eot_samples": ("apgd", "eot_samples"),
     "source_workdir": ("transfer", "source_workdir"),
-    "cw_l2_confidence": ("transfer", "cw_l2_confidence"), "cw_l2_steps": ("transfer", "cw_l2_steps"),
+    "cw_l2_confidence": ("transfer", "cw_l2_confidence"),
+    "cw_l2_steps": ("transfer", "cw_l2_steps"),
     "spsa_examples": ("spsa", "examples"), "spsa_steps": ("spsa", "steps"),
     "spsa_samples": ("spsa", "samples"), "spsa_learning_rate": ("spsa", "learning_rate"),
     "spsa_delta": ("spsa", "delta"), "boundary_examples": ("boundary", "examples"),

@@ -52,8 +52,8 @@ def me_report(workdirs):
 EXPECTED_ROWS = [
     "fgsm", "pgd_3", "pgd_long_5", "cw_k20", "cw_k50", "bpda_eot", "network_only", "graybox",
     "transfer_fgsm", "transfer_pgd_3", "transfer_cw_k20", "transfer_cw_l2_c20", "spsa",
-    "boundary", "vote_clean", "apgd_ce", "apgd_dlr",
-    "vote_pgd_3", "vote_apgd_ce", "sweep_eps_x0", "sweep_eps_x0.25", "sweep_eps_x0.5", "sweep_eps_x1",
+    "boundary", "vote_clean", "apgd_ce", "apgd_dlr", "vote_pgd_3", "vote_apgd_ce",
+    "sweep_eps_x0", "sweep_eps_x0.25", "sweep_eps_x0.5", "sweep_eps_x1",
     "sweep_eps_x2", "sweep_eps_x4", "no_me_pgd", "fixed_mask_pgd",
 ]  # fmt: skip
 EXPECTED_CHECKS = [

@@ -116,7 +116,7 @@ def compute_checks(
 
 
 def _sweep_checks(checks, skipped, rows, sweep, pair, need, chance) -> None:
-    """eps 0 leaves the clean accuracy; accuracy never rises with eps; a large eps reaches chance."""
+    """eps 0 leaves clean accuracy; accuracy never rises with eps; a large eps reaches chance."""
     names = [name for _, name in sweep]
     zero = [name for mult, name in sweep if mult == 0]
     if zero and need("eps0_unchanged", "clean", zero[0]):
@@ -156,7 +156,7 @@ def _blackbox_check(checks, skipped, rows, blackbox, pair) -> None:
     mask noise explains; the examples where it did better are listed per row."""
     present = [name for name in blackbox if name in rows]
     if not present:
-        skipped["blackbox_weaker_than_whitebox"] = "no score-based, decision-based or transfer rows"
+        skipped["blackbox_weaker_than_whitebox"] = "no score-, decision-based or transfer rows"
         return
     if "headline" not in rows:
         skipped["blackbox_weaker_than_whitebox"] = "no headline"

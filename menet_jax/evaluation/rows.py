@@ -267,8 +267,16 @@ def _transfer(plan: Plan, c) -> None:
         return attacks.cw_l2(src.whitebox, x, y, k, **opts)
 
     threat = f"transfer ({via}), CW-L2 unbounded (the authors' transfer CW)"
-    plan.add(Row(f"transfer_cw_l2_c{c.cw_l2_confidence:g}", "transfer", threat, plan.n_all,
-                 {"eps": None, **opts}, make=cw_l2))  # fmt: skip  (eps None: an L2 attack)
+    plan.add(
+        Row(
+            f"transfer_cw_l2_c{c.cw_l2_confidence:g}",
+            "transfer",
+            threat,
+            plan.n_all,
+            {"eps": None, **opts},
+            make=cw_l2,
+        )
+    )  # fmt: skip  (eps None: an L2 attack)
 
 
 def _spsa(plan: Plan, c) -> None:

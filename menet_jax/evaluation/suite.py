@@ -37,10 +37,11 @@ import ml_collections
 import numpy as np
 
 from menet_jax import attacks, checkpoint, input_pipeline, monitor, rng
-from menet_jax.evaluation import protocol, report
+from menet_jax.evaluation import figures, protocol, report
 from menet_jax.evaluation.rows import KINDS, Plan, Row
 from menet_jax.evaluation.settings import parse_attacks, validate_eval
 from menet_jax.evaluation.target import Target
+
 
 def judging_keys(seed: int, draws: int) -> jax.Array:
     """The 2R judging keys: draws 0..R-1 measure, R..2R-1 select (docs/method.md §6.2)."""
@@ -103,8 +104,6 @@ def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -
             "median_linf_distance": float(np.median(dist[found])) if found.any() else None,
         }
     return out
-
-
 
 
 def _runtime_checks(model: Target, data, keys, batch_size: int) -> dict:
@@ -307,6 +306,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     arrays = out.pop("_arrays")
     if jax.process_index() == 0:
         report.write(out, arrays, workdir)
+        pngs = figures.write_figures(out, workdir)
+        figures.log_to_tensorboard(out, workdir, pngs)
         store.remove()
     print(f"evaluation done in {out['budgets']['total_seconds']:.0f} s", file=sys.stderr)
     return out
