@@ -1,0 +1,91 @@
+r"""Command line of the studies (docs/method.md §8).
+
+  python -m menet_jax.study NAME --config=configs/mnist_demo.py --workdir=DIR [--config.KEY=V]
+  python -m menet_jax.study --list
+
+Writes DIR/NAME.md, DIR/NAME.json and DIR/NAME.png; trained models are cached in DIR/models and
+each point's evaluation is DIR/points/<point>/. Running the same command again resumes. Errors a
+user can cause end in one line on stderr and a non-zero exit.
+"""
+
+import shlex
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Base config file (configs/*.py[:variant]).")
+flags.DEFINE_string("workdir", None, "Where models, points and the study's outputs go.")
+flags.DEFINE_bool("list", False, "List the studies and exit.")
+
+
+def _list() -> int:
+    from menet_jax.study import STUDIES
+
+    width = max(map(len, STUDIES))
+    for name, study in STUDIES.items():
+        print(f"{name:<{width}}  {study.title}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv) -> int:
+    from menet_jax.study import STUDIES
+
+    if FLAGS.list:
+        return _list()
+    names = argv[1:]
+    if len(names) != 1:
+        return _fail(f"name one study (one of {', '.join(STUDIES)}); got {names or 'none'}; "
+                     "--list describes them")  # fmt: skip
+    if names[0] not in STUDIES:
+        return _fail(f"unknown study {names[0]!r}; the studies are {', '.join(STUDIES)}")
+    if FLAGS.config is None or not FLAGS.workdir:
+        return _fail("--config and --workdir are required")
+    try:  # config_flags reports a config file that failed to load on first use
+        FLAGS.config.get("dataset")
+    except OSError as e:
+        return _fail("could not load --config: " + " ".join(str(e).split()))
+    import os
+
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    from menet_jax.study import run_study
+    from menet_jax.train import TrainingDivergedError
+
+    overrides = dict(config_flags.get_override_values(FLAGS["config"]))
+    command = "python -m menet_jax.study " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        out = run_study(names[0], FLAGS.config, FLAGS.workdir, overrides=overrides,
+                        command=command)  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume (finished models and points "
+              "are kept)", file=sys.stderr)  # fmt: skip
+        return 130
+    except (ValueError, FileNotFoundError, TrainingDivergedError) as e:
+        if os.environ.get("MENET_DEBUG"):
+            raise
+        return _fail(str(e))
+    print(f"study {names[0]} done in {out['wall_time_s']:.0f} s: "
+          f"{os.path.join(FLAGS.workdir, names[0])}.md")  # fmt: skip
+    return 0
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad --config.KEY ending in one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(_fail(str(e)))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        sys.exit(_fail(f"a --config override could not be applied: {e}"))
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
