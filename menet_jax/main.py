@@ -12,6 +12,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from menet_jax.cli import parse_flags
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -85,4 +87,4 @@ def _maybe_distributed() -> None:
 
 if __name__ == "__main__":
     _maybe_distributed()
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -14,6 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from menet_jax.cli import fail, parse_flags
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Where models, points and the study's outputs go.")
@@ -29,11 +31,6 @@ def _list() -> int:
     return 0
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def main(argv) -> int:
     from menet_jax.study import STUDIES
 
@@ -41,16 +38,16 @@ def main(argv) -> int:
         return _list()
     names = argv[1:]
     if len(names) != 1:
-        return _fail(f"name one study (one of {', '.join(STUDIES)}); got {names or 'none'}; "
+        return fail(f"name one study (one of {', '.join(STUDIES)}); got {names or 'none'}; "
                      "--list describes them")  # fmt: skip
     if names[0] not in STUDIES:
-        return _fail(f"unknown study {names[0]!r}; the studies are {', '.join(STUDIES)}")
+        return fail(f"unknown study {names[0]!r}; the studies are {', '.join(STUDIES)}")
     if FLAGS.config is None or not FLAGS.workdir:
-        return _fail("--config and --workdir are required")
+        return fail("--config and --workdir are required")
     try:  # config_flags reports a config file that failed to load on first use
         FLAGS.config.get("dataset")
     except OSError as e:
-        return _fail("could not load --config: " + " ".join(str(e).split()))
+        return fail("could not load --config: " + " ".join(str(e).split()))
     import os
 
     from absl import logging
@@ -71,21 +68,11 @@ def main(argv) -> int:
     except (ValueError, FileNotFoundError, TrainingDivergedError) as e:
         if os.environ.get("MENET_DEBUG"):
             raise
-        return _fail(str(e))
+        return fail(str(e))
     print(f"study {names[0]} done in {out['wall_time_s']:.0f} s: "
           f"{os.path.join(FLAGS.workdir, names[0])}.md")  # fmt: skip
     return 0
 
 
-def _parse_flags(argv):
-    """absl's flag parsing, with a bad --config.KEY ending in one line instead of a traceback."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(_fail(str(e)))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        sys.exit(_fail(f"a --config override could not be applied: {e}"))
-
-
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
