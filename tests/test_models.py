@@ -257,6 +257,50 @@ def test_lenet_matches_numpy_reference():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _np_adjoint(linear, shape, g):
+    """The VJP g -> J^T g of a float64 map linear in an array of `shape`, column by column."""
+    basis = np.eye(int(np.prod(shape))).reshape(-1, *shape)
+    return np.array([np.sum(g * linear(e)) for e in basis]).reshape(shape)
+
+
+@pytest.mark.parametrize("kernel", [(5, 5), (3, 1)])
+def test_conv_same_value_and_gradients_match_numpy(kernel):
+    # conv_same's own backward rule (the input gradient by an explicitly flipped and transposed
+    # kernel) against the exact adjoints of a float64 numpy convolution, in and out of a loop.
+    rng = np.random.default_rng(11)
+    x = rng.uniform(size=(2, 6, 5, 2)).astype(np.float32)
+    w = rng.normal(size=(*kernel, 2, 3)).astype(np.float32)
+    g = rng.normal(size=(2, 6, 5, 3))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    conv_x = lambda xx: _np_conv_same(xx, w64)  # noqa: E731
+    conv_w = lambda ww: _np_conv_same(x64, ww)  # noqa: E731
+    want_x, want_w = _np_adjoint(conv_x, x.shape, g), _np_adjoint(conv_w, w.shape, g)
+    gf = jnp.asarray(g, jnp.float32)
+
+    def grads(xx, ww):
+        return jax.vjp(layers.conv_same, xx, ww)[1](gf)
+
+    def looped(xx, ww):  # the body of a fori_loop is where XLA:CPU compiles it differently
+        return jax.lax.fori_loop(0, 1, lambda _, c: grads(xx, ww), grads(xx, ww))
+
+    np.testing.assert_allclose(layers.conv_same(x, w), conv_x(x64), rtol=1e-5, atol=1e-5)
+    for fn in (grads, jax.jit(grads), jax.jit(looped)):
+        got_x, got_w = fn(jnp.asarray(x), jnp.asarray(w))
+        np.testing.assert_allclose(np.asarray(got_x), want_x, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(got_w), want_w, rtol=1e-4, atol=1e-4)
+
+
+def _np_conv_same(x, w):
+    """Stride-1 convolution padded by kh // 2 rows and kw // 2 columns on each side."""
+    kh, kw = w.shape[:2]
+    xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    out = np.zeros(x.shape[:3] + (w.shape[3],))
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[:, i : i + x.shape[1], j : j + x.shape[2]] @ w[i, j]
+    return out
+
+
 @pytest.mark.parametrize("size", [6, 7])
 def test_strided_conv_pads_like_pytorch(size):
     # PyTorch's padding=1 pads both sides; XLA's SAME would pad only bottom/right for even sizes.

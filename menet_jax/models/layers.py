@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -140,6 +141,45 @@ def conv(
         kernel_init=he_normal,
         rngs=rngs,
     )
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    kh, kw = kernel.shape[:2]
+    pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_NHWC)
+
+
+@jax.custom_vjp
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 convolution of NHWC images with an odd HWIO kernel, padded by k // 2 each side.
+
+    The value is `lax.conv_general_dilated`'s (SAME padding). The difference is the gradient in
+    x: JAX transposes a convolution into one whose kernel keeps the forward (H, W, I, O) axes
+    with the roles of I and O swapped, and inside a `lax.fori_loop` / `while_loop` body XLA:CPU
+    (jax 0.10) leaves that convolution non-canonical and runs it outside its fast convolution
+    library, about 3x slower for the whole forward+backward pass of Madry's MNIST CNN (every
+    jitted attack loop; BENCHMARKS.md, "Attack loop speed"). Here the input gradient is the
+    convolution of the output gradient with the kernel flipped in H and W and with I and O
+    swapped explicitly, an ordinary HWIO convolution. The kernel's gradient is JAX's own.
+    """
+    return _conv_same(x, kernel)
+
+
+def _conv_same_fwd(x, kernel):
+    return _conv_same(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(res, g):
+    x, kernel = res
+    flipped = jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)  # [kh, kw, O, I]
+    _, kernel_vjp = jax.vjp(lambda k: _conv_same(x, k), kernel)
+    return _conv_same(g, flipped), kernel_vjp(g)[0]
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
