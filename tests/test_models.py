@@ -263,14 +263,15 @@ def _np_adjoint(linear, shape, g):
     return np.array([np.sum(g * linear(e)) for e in basis]).reshape(shape)
 
 
-@pytest.mark.parametrize("kernel", [(5, 5), (3, 1)])
+@pytest.mark.parametrize("kernel", [(5, 5, 2, 3), (3, 1, 2, 3), (5, 5, 1, 4), (3, 5, 1, 2)])
 def test_conv_same_value_and_gradients_match_numpy(kernel):
     # conv_same's own backward rule (the input gradient by an explicitly flipped and transposed
-    # kernel) against the exact adjoints of a float64 numpy convolution, in and out of a loop.
+    # kernel; for one input channel a matmul and shifted sums) against the exact adjoints of a
+    # float64 numpy convolution, eagerly, jitted and inside a loop.
     rng = np.random.default_rng(11)
-    x = rng.uniform(size=(2, 6, 5, 2)).astype(np.float32)
-    w = rng.normal(size=(*kernel, 2, 3)).astype(np.float32)
-    g = rng.normal(size=(2, 6, 5, 3))
+    x = rng.uniform(size=(2, 6, 5, kernel[2])).astype(np.float32)
+    w = rng.normal(size=kernel).astype(np.float32)
+    g = rng.normal(size=(2, 6, 5, kernel[3]))
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     conv_x = lambda xx: _np_conv_same(xx, w64)  # noqa: E731
     conv_w = lambda ww: _np_conv_same(x64, ww)  # noqa: E731

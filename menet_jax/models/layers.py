@@ -163,7 +163,8 @@ def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     library, about 3x slower for the whole forward+backward pass of Madry's MNIST CNN (every
     jitted attack loop; BENCHMARKS.md, "Attack loop speed"). Here the input gradient is the
     convolution of the output gradient with the kernel flipped in H and W and with I and O
-    swapped explicitly, an ordinary HWIO convolution. The kernel's gradient is JAX's own.
+    swapped explicitly, an ordinary HWIO convolution (for a one-channel input, a matmul and
+    shifted sums instead). The kernel's gradient is JAX's own.
     """
     return _conv_same(x, kernel)
 
@@ -172,11 +173,34 @@ def _conv_same_fwd(x, kernel):
     return _conv_same(x, kernel), (x, kernel)
 
 
+def _input_grad_one_channel(g: jax.Array, kernel: jax.Array) -> jax.Array:
+    """conv_same's input gradient for a one-channel input, by a matmul and shifted sums.
+
+    dx[b, y, x] = sum over (i, j, o) of g[b, y + p_h - i, x + p_w - j, o] kernel[i, j, 0, o]:
+    every output pixel's contribution g[b, y', x', :] . kernel[i, j, 0, :] for all (i, j) at
+    once ([B*H*W, O] @ [O, kh*kw]), then each (i, j) slice added in at its offset. A 5x5
+    convolution with one output channel is 3x slower than this on XLA:CPU.
+    """
+    kh, kw, _, co = kernel.shape
+    b, h, w = g.shape[:3]
+    cols = (g.reshape(-1, co) @ kernel.reshape(kh * kw, co).T).reshape(b, h, w, kh, kw)
+    cols = jnp.pad(cols, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0), (0, 0)))
+    dx = sum(
+        cols[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w, i, j]
+        for i in range(kh)
+        for j in range(kw)
+    )
+    return dx[..., None]
+
+
 def _conv_same_bwd(res, g):
     x, kernel = res
-    flipped = jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)  # [kh, kw, O, I]
+    if kernel.shape[2] == 1:
+        dx = _input_grad_one_channel(g, kernel)
+    else:
+        dx = _conv_same(g, jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3))  # kernel [kh, kw, O, I]
     _, kernel_vjp = jax.vjp(lambda k: _conv_same(x, k), kernel)
-    return _conv_same(g, flipped), kernel_vjp(g)[0]
+    return dx, kernel_vjp(g)[0]
 
 
 conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
