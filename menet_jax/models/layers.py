@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from menet_jax.models.conv import Conv
 
 # He (Kaiming) normal, fan-out: the initialisation torchvision and the WRN authors use for
 # convolutions followed by ReLU.
@@ -128,82 +129,17 @@ def prepare_input(
 
 def conv(
     in_features: int, out_features: int, kernel_size: int, *, stride: int = 1, rngs: nnx.Rngs
-) -> nnx.Conv:
+) -> Conv:
     """A bias-free square convolution padded by `kernel_size // 2`, as in PyTorch models."""
-    pad = kernel_size // 2
-    return nnx.Conv(
+    return Conv(
         in_features,
         out_features,
-        (kernel_size, kernel_size),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
+        kernel_size,
+        stride=stride,
         use_bias=False,
         kernel_init=he_normal,
         rngs=rngs,
     )
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    kh, kw = kernel.shape[:2]
-    pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_NHWC)
-
-
-@jax.custom_vjp
-def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Stride-1 convolution of NHWC images with an odd HWIO kernel, padded by k // 2 each side.
-
-    The value is `lax.conv_general_dilated`'s (SAME padding). The difference is the gradient in
-    x: JAX transposes a convolution into one whose kernel keeps the forward (H, W, I, O) axes
-    with the roles of I and O swapped, and inside a `lax.fori_loop` / `while_loop` body XLA:CPU
-    (jax 0.10) leaves that convolution non-canonical and runs it outside its fast convolution
-    library, about 3x slower for the whole forward+backward pass of Madry's MNIST CNN (every
-    jitted attack loop; BENCHMARKS.md, "Attack loop speed"). Here the input gradient is the
-    convolution of the output gradient with the kernel flipped in H and W and with I and O
-    swapped explicitly, an ordinary HWIO convolution (for a one-channel input, a matmul and
-    shifted sums instead). The kernel's gradient is JAX's own.
-    """
-    return _conv_same(x, kernel)
-
-
-def _conv_same_fwd(x, kernel):
-    return _conv_same(x, kernel), (x, kernel)
-
-
-def _input_grad_one_channel(g: jax.Array, kernel: jax.Array) -> jax.Array:
-    """conv_same's input gradient for a one-channel input, by a matmul and shifted sums.
-
-    dx[b, y, x] = sum over (i, j, o) of g[b, y + p_h - i, x + p_w - j, o] kernel[i, j, 0, o]:
-    every output pixel's contribution g[b, y', x', :] . kernel[i, j, 0, :] for all (i, j) at
-    once ([B*H*W, O] @ [O, kh*kw]), then each (i, j) slice added in at its offset. A 5x5
-    convolution with one output channel is 3x slower than this on XLA:CPU.
-    """
-    kh, kw, _, co = kernel.shape
-    b, h, w = g.shape[:3]
-    cols = (g.reshape(-1, co) @ kernel.reshape(kh * kw, co).T).reshape(b, h, w, kh, kw)
-    cols = jnp.pad(cols, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0), (0, 0)))
-    dx = sum(
-        cols[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w, i, j]
-        for i in range(kh)
-        for j in range(kw)
-    )
-    return dx[..., None]
-
-
-def _conv_same_bwd(res, g):
-    x, kernel = res
-    if kernel.shape[2] == 1:
-        dx = _input_grad_one_channel(g, kernel)
-    else:
-        dx = _conv_same(g, jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3))  # kernel [kh, kw, O, I]
-    _, kernel_vjp = jax.vjp(lambda k: _conv_same(x, k), kernel)
-    return dx, kernel_vjp(g)[0]
-
-
-conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from menet_jax.models import layers
+from menet_jax.models.conv import Conv
 
 
 def _pool(x: jax.Array) -> jax.Array:
@@ -55,18 +56,13 @@ class LeNet(nnx.Module):
         self.input_shape = layers.check_input_shape(input_shape)
         height, width, channels = self.input_shape
         self.mean, self.std = layers.check_mean_std(mean, std, channels=channels)
-        self.conv1 = nnx.Conv(channels, 32, (5, 5), padding="SAME", rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (5, 5), padding="SAME", rngs=rngs)
+        # 5x5, stride 1, padded by 2: XLA's SAME; `Conv` for its fast gradient in attack loops.
+        self.conv1 = Conv(channels, 32, 5, rngs=rngs)
+        self.conv2 = Conv(32, 64, 5, rngs=rngs)
         # Two SAME 2x2 pools: ceil(ceil(h / 2) / 2) == ceil(h / 4).
         flat = -(-height // 4) * -(-width // 4) * 64
         self.fc1 = nnx.Linear(flat, 1024, rngs=rngs)
         self.fc2 = nnx.Linear(1024, num_classes, rngs=rngs)
-
-    @staticmethod
-    def _conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
-        """`conv(x)` (5x5, stride 1, SAME) through `layers.conv_same`, whose input gradient runs
-        fast inside jitted attack loops; same parameters, same values."""
-        return layers.conv_same(x, conv.kernel[...]) + conv.bias[...]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Returns float32 logits [B, num_classes] for images x [B, H, W, C] in [0, 1]."""
@@ -76,7 +72,7 @@ class LeNet(nnx.Module):
                 f"{x.shape}."
             )
         x = layers.prepare_input(x, channels=self.input_shape[2], mean=self.mean, std=self.std)
-        out = _pool(jax.nn.relu(self._conv(self.conv1, x)))
-        out = _pool(jax.nn.relu(self._conv(self.conv2, out)))
+        out = _pool(jax.nn.relu(self.conv1(x)))
+        out = _pool(jax.nn.relu(self.conv2(out)))
         out = jax.nn.relu(self.fc1(out.reshape(out.shape[0], -1)))
         return self.fc2(out).astype(jnp.float32)
