@@ -1,10 +1,11 @@
 """Tests for menet_jax.models: shapes, parameter counts, BatchNorm modes, normalisation, grads.
 
 Parameter counts are checked against closed-form sums written out here (and against published
-PyTorch figures). Forward numerics of LeNet and of the PyTorch-style padded convolution are checked
-against float64 numpy references. The big registry networks are shape-checked abstractly
-(`jax.eval_shape`); the behaviour tests (BatchNorm modes, normalisation, jitted training steps)
-run on small variants of the same classes, to stay fast on CPU.
+PyTorch figures). Forward numerics of LeNet and of the PyTorch-style padded convolution, and the
+convolution's own gradients, are checked against float64 numpy references. The big registry
+networks are shape-checked abstractly (`jax.eval_shape`); the behaviour tests (BatchNorm modes,
+normalisation, jitted training steps) run on small variants of the same classes, to stay fast
+on CPU.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from menet_jax.models import (
     create_model,
     layers,
 )
+from menet_jax.models.conv import Conv, conv2d
 
 # ---------------------------------------------------------------------------------------------
 # Closed-form parameter counts (weights + biases + BatchNorm scale/shift; no running stats).
@@ -255,6 +257,76 @@ def test_lenet_matches_numpy_reference():
     h = np.maximum(h @ p["fc1"]["kernel"] + p["fc1"]["bias"], 0)
     want = h @ p["fc2"]["kernel"] + p["fc2"]["bias"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _np_adjoint(linear, shape, g):
+    """The VJP g -> J^T g of a float64 map linear in an array of `shape`, column by column."""
+    basis = np.eye(int(np.prod(shape))).reshape(-1, *shape)
+    return np.array([np.sum(g * linear(e)) for e in basis]).reshape(shape)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, size",
+    [
+        ((5, 5, 2, 3), 1, (6, 5)),
+        ((3, 1, 2, 3), 1, (6, 5)),
+        ((5, 5, 1, 4), 1, (6, 5)),  # one input channel: the matmul-and-shifted-sums gradient
+        ((3, 5, 1, 2), 1, (6, 5)),
+        ((3, 3, 2, 3), 2, (6, 7)),  # even and odd sizes: the last window reaches the end or not
+        ((1, 1, 3, 2), 2, (7, 6)),
+        ((3, 3, 1, 2), 2, (5, 5)),
+    ],
+)
+def test_conv2d_value_and_gradients_match_numpy(kernel, stride, size):
+    # conv2d's own backward rule against the exact adjoints (VJPs) of a float64 numpy
+    # convolution, eagerly, jitted and inside a loop (where XLA:CPU compiles it differently).
+    rng = np.random.default_rng(11)
+    x = rng.uniform(size=(2, *size, kernel[2])).astype(np.float32)
+    w = rng.normal(size=kernel).astype(np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    conv_x = lambda xx: _np_conv_padded(xx, w64, stride)  # noqa: E731
+    conv_w = lambda ww: _np_conv_padded(x64, ww, stride)  # noqa: E731
+    g = rng.normal(size=conv_x(x64).shape)
+    want_x, want_w = _np_adjoint(conv_x, x.shape, g), _np_adjoint(conv_w, w.shape, g)
+    gf = jnp.asarray(g, jnp.float32)
+
+    def grads(xx, ww):
+        return jax.vjp(lambda a, b: conv2d(a, b, stride), xx, ww)[1](gf)
+
+    def looped(xx, ww):
+        return jax.lax.fori_loop(0, 1, lambda _, c: grads(xx, ww), grads(xx, ww))
+
+    np.testing.assert_allclose(conv2d(x, w, stride), conv_x(x64), rtol=1e-5, atol=1e-5)
+    for fn in (grads, jax.jit(grads), jax.jit(looped)):
+        got_x, got_w = fn(jnp.asarray(x), jnp.asarray(w))
+        np.testing.assert_allclose(np.asarray(got_x), want_x, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(got_w), want_w, rtol=1e-4, atol=1e-4)
+
+
+def _np_conv_padded(x, w, stride):
+    """Convolution at `stride` padded by kh // 2 rows and kw // 2 columns on each side."""
+    kh, kw = w.shape[:2]
+    xp = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, w.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[:, i : i + stride * ho : stride, j : j + stride * wo : stride] @ w[i, j]
+    return out
+
+
+def test_conv_module_is_nnx_conv_with_pytorch_padding():
+    # Same parameter names, shapes and initialisation as nnx.Conv; values as nnx.Conv's.
+    ours = Conv(3, 4, 3, stride=2, rngs=nnx.Rngs(5))
+    theirs = nnx.Conv(3, 4, (3, 3), strides=2, padding=((1, 1), (1, 1)), rngs=nnx.Rngs(5))
+    assert isinstance(ours, nnx.Conv)
+    mine, ref = (nnx.to_pure_dict(nnx.state(m)) for m in (ours, theirs))
+    assert jax.tree.structure(mine) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = _images(9, shape=(7, 6, 3))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [6, 7])

@@ -7,8 +7,9 @@ operation, so it applies after ME-Net's matrix estimation. Models with BatchNorm
 
 Modules: one per family (`resnet`, `wide_resnet`, `lenet`, `densenet`), each a class and its
 named variants as partials; `layers` holds what they share (PyTorch-style conv and BatchNorm,
-input and argument checks). A new model is a module here, an entry in `MODELS` and a
-shape/parameter-count test.
+input and argument checks) and `conv` the convolution they all use (`nnx.Conv` with an input
+gradient XLA:CPU runs fast inside attack loops). A new model is a module here, an entry in
+`MODELS` and a shape/parameter-count test.
 """
 
 from __future__ import annotations

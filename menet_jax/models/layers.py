@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
+from menet_jax.models.conv import Conv
+
 # He (Kaiming) normal, fan-out: the initialisation torchvision and the WRN authors use for
 # convolutions followed by ReLU.
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -127,15 +129,13 @@ def prepare_input(
 
 def conv(
     in_features: int, out_features: int, kernel_size: int, *, stride: int = 1, rngs: nnx.Rngs
-) -> nnx.Conv:
+) -> Conv:
     """A bias-free square convolution padded by `kernel_size // 2`, as in PyTorch models."""
-    pad = kernel_size // 2
-    return nnx.Conv(
+    return Conv(
         in_features,
         out_features,
-        (kernel_size, kernel_size),
-        strides=stride,
-        padding=((pad, pad), (pad, pad)),
+        kernel_size,
+        stride=stride,
         use_bias=False,
         kernel_init=he_normal,
         rngs=rngs,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from menet_jax.models import layers
+from menet_jax.models.conv import Conv
 
 
 def _pool(x: jax.Array) -> jax.Array:
@@ -55,8 +56,9 @@ class LeNet(nnx.Module):
         self.input_shape = layers.check_input_shape(input_shape)
         height, width, channels = self.input_shape
         self.mean, self.std = layers.check_mean_std(mean, std, channels=channels)
-        self.conv1 = nnx.Conv(channels, 32, (5, 5), padding="SAME", rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (5, 5), padding="SAME", rngs=rngs)
+        # 5x5, stride 1, padded by 2: XLA's SAME; `Conv` for its fast gradient in attack loops.
+        self.conv1 = Conv(channels, 32, 5, rngs=rngs)
+        self.conv2 = Conv(32, 64, 5, rngs=rngs)
         # Two SAME 2x2 pools: ceil(ceil(h / 2) / 2) == ceil(h / 4).
         flat = -(-height // 4) * -(-width // 4) * 64
         self.fc1 = nnx.Linear(flat, 1024, rngs=rngs)
