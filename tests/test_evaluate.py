@@ -58,7 +58,8 @@ EXPECTED_ROWS = [
 ]  # fmt: skip
 EXPECTED_CHECKS = [
     "eps0_unchanged", "monotone_in_eps", "large_eps_near_chance", "pgd_at_least_fgsm",
-    "blackbox_weaker_than_whitebox", "no_me_attack_succeeds", "fixed_mask_attack_succeeds",
+    "blackbox_weaker_than_whitebox", "whitebox_at_least_graybox", "no_me_attack_succeeds",
+    "fixed_mask_attack_succeeds",
     "eot_at_least_bpda", "more_steps_not_weaker", "zero_gradient", "logits_not_probabilities",
     "randomness",
 ]  # fmt: skip
@@ -497,3 +498,10 @@ def test_runtime_checks_and_blackbox_examples_listed():
     )  # fmt: skip
     assert found["blackbox_weaker_than_whitebox"]["status"] == "PASS"  # 2 of 200: noise
     assert found["logits_not_probabilities"]["status"] == "PASS"
+    strong_graybox = {"pgd_40": np.full(n, 0.7), "graybox": np.full(n, 0.5)}
+    found, skipped = checks.compute_checks(
+        strong_graybox, roles={"reference": "pgd_40", "graybox": "graybox"}, headline=None,
+        num_classes=10, runtime=None, randomness=None, uses_me=True,
+    )  # fmt: skip
+    assert found["whitebox_at_least_graybox"]["status"] == "WARN"
+    assert "zero_gradient" in skipped and "logits_not_probabilities" in skipped

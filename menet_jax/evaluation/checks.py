@@ -44,9 +44,9 @@ def compute_checks(
       rows: per row name, per-example correctness rates (float [n_row] in [0, 1], or bool) on the
         first n_row examples ("clean" included).
       roles: what each row is to the checks (`rows.Row.role`): "reference" (the main white-box
-        PGD row), "fgsm", "long", "eot", "no_me", "fixed_mask": a row name each; "blackbox": the
-        score-based, decision-based and transfer rows; "sweep": (eps multiplier, row name) pairs
-        in increasing multiplier order.
+        PGD row), "fgsm", "long", "eot", "graybox", "no_me", "fixed_mask": a row name each;
+        "blackbox": the score-based, decision-based and transfer rows; "sweep": (eps
+        multiplier, row name) pairs in increasing multiplier order.
       headline: per-example headline values (the worst case over the counted rows), or None.
       num_classes: for the chance level 1 / num_classes.
       runtime: AutoAttack's runtime checks, {"zero_gradient": fraction of examples whose loss
@@ -88,6 +88,14 @@ def compute_checks(
     if need("pgd_at_least_fgsm", main, roles.get("fgsm")):
         not_above("pgd_at_least_fgsm", main, roles["fgsm"], "PGD must not be weaker than FGSM")
     _blackbox_check(checks, skipped, rows, roles.get("blackbox", []), pair)
+    if need("whitebox_at_least_graybox", main, roles.get("graybox")):
+        not_above(
+            "whitebox_at_least_graybox",
+            main,
+            roles["graybox"],
+            "the same PGD through ME must not be weaker than on the bare network (else the "
+            "gradient through ME is poor)",
+        )
     for check, role, what in (
         ("no_me_attack_succeeds", "no_me", "the same PGD on the bare network, judged bare"),
         ("fixed_mask_attack_succeeds", "fixed_mask", "PGD and judging with one fixed mask"),

@@ -73,7 +73,7 @@ class Row:
       judge: "defended", "vote", "network" or "fixed" (`target.Target.judges`).
       counted: in the headline (white-box / gray-box at the main eps, on every example).
       role: what the checks read it as ("reference" is the main PGD row; "fgsm", "long", "eot",
-        "blackbox", "sweep", "no_me", "fixed_mask"), or None.
+        "graybox", "blackbox", "sweep", "no_me", "fixed_mask"), or None.
       bounded_eps: boundary: a success counts only within this L-inf distance.
       restarts: independent runs; every one is judged, the worst counts per example.
     """
@@ -240,7 +240,7 @@ def _network_only(plan: Plan, c) -> None:
 
 def _graybox(plan: Plan, c) -> None:
     plan.pgd("graybox", "graybox", "gray-box (bare network)", plan.n_all, plan.target.network,
-             counted=True)  # fmt: skip
+             counted=True, role="graybox")  # fmt: skip
 
 
 def _transfer(plan: Plan, c) -> None:
