@@ -51,16 +51,16 @@ class Key:
     kind: type | None = None
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
+def is_num(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _positive_int(v) -> bool:
-    return _is_int(v) and v > 0
+def positive_int(v) -> bool:
+    return is_int(v) and v > 0
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -68,7 +68,7 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 def _in_unit(v) -> bool:  # (0, 1]
-    return _is_num(v) and 0 < v <= 1
+    return is_num(v) and 0 < v <= 1
 
 
 def _one_of(*choices: str) -> Callable[[Any], bool]:
@@ -96,7 +96,7 @@ def _is_bool(v) -> bool:
 
 def _increasing_positive(v) -> bool:
     v = tuple(v)
-    return all(_is_num(b) and b > 0 for b in v) and list(v) == sorted(v)
+    return all(is_num(b) and b > 0 for b in v) and list(v) == sorted(v)
 
 
 POSITIVE_INT = "a positive integer"
@@ -123,18 +123,18 @@ TRAIN: dict[str, Key] = {
     "num_train_examples": Key(
         None,
         "a positive integer or None",
-        _optional(_positive_int),
+        _optional(positive_int),
         "None: the whole train split; else its first N (tests, quick looks)",
         int,
     ),
     "num_epochs": Key(
         200.0,
         "a positive number",
-        lambda v: _is_num(v) and v > 0,
+        lambda v: is_num(v) and v > 0,
         "epochs of S' (n*M examples) for ME-Net, of S (M) for the vanilla model",
     ),
-    "batch_size": Key(256, POSITIVE_INT, _positive_int, "global batch over every device"),
-    "learning_rate": Key(0.1, "a positive number", lambda v: _is_num(v) and v > 0, "SGD rate"),
+    "batch_size": Key(256, POSITIVE_INT, positive_int, "global batch over every device"),
+    "learning_rate": Key(0.1, "a positive number", lambda v: is_num(v) and v > 0, "SGD rate"),
     "lr_boundaries_epochs": Key(
         (100, 150),
         "positive and increasing epochs",
@@ -142,11 +142,11 @@ TRAIN: dict[str, Key] = {
         "epochs at which the learning rate is multiplied by lr_decay_factor",
     ),
     "lr_decay_factor": Key(0.1, "in (0, 1]", _in_unit, "learning-rate decay factor"),
-    "momentum": Key(0.9, "in [0, 1)", lambda v: _is_num(v) and 0 <= v < 1, "SGD momentum"),
+    "momentum": Key(0.9, "in [0, 1)", lambda v: is_num(v) and 0 <= v < 1, "SGD momentum"),
     "weight_decay": Key(
         1e-4,
         "a number >= 0",
-        lambda v: _is_num(v) and v >= 0,
+        lambda v: is_num(v) and v >= 0,
         "PyTorch-style L2 added to the gradient, as the authors' SGD does",
     ),
     "augment": Key(
@@ -155,22 +155,22 @@ TRAIN: dict[str, Key] = {
         _is_bool,
         "pad 4 + random crop + horizontal flip, applied after ME",
     ),
-    "seed": Key(0, "an integer", _is_int, "the root of every random stream (menet_jax.rng)"),
+    "seed": Key(0, "an integer", is_int, "the root of every random stream (menet_jax.rng)"),
     "num_train_steps": Key(
         None,
         "a positive integer or None",
-        _optional(_positive_int),
+        _optional(positive_int),
         "None: num_epochs worth of steps",
         int,
     ),
-    "checkpoint_every_steps": Key(2000, POSITIVE_INT, _positive_int, "checkpoint interval"),
-    "keep_checkpoints": Key(3, POSITIVE_INT, _positive_int, "checkpoints kept (latest N)"),
-    "log_every_steps": Key(100, POSITIVE_INT, _positive_int, "metrics interval"),
-    "eval_batch_size": Key(500, POSITIVE_INT, _positive_int, "batch of evaluation and attacks"),
+    "checkpoint_every_steps": Key(2000, POSITIVE_INT, positive_int, "checkpoint interval"),
+    "keep_checkpoints": Key(3, POSITIVE_INT, positive_int, "checkpoints kept (latest N)"),
+    "log_every_steps": Key(100, POSITIVE_INT, positive_int, "metrics interval"),
+    "eval_batch_size": Key(500, POSITIVE_INT, positive_int, "batch of evaluation and attacks"),
     "num_eval_examples": Key(
         None,
         "a positive integer or None",
-        _optional(_positive_int),
+        _optional(positive_int),
         "test examples of the clean evaluation after training; None: the whole test split",
         int,
     ),
@@ -193,7 +193,7 @@ ME: dict[str, Key] = {
     ),
     "p_start": Key(0.8, "in (0, 1]", _in_unit, "first observation probability of the schedule"),
     "p_end": Key(1.0, "in (0, 1]", _in_unit, "end of the observation-probability schedule"),
-    "num_masks": Key(10, POSITIVE_INT, _positive_int, "n: masked copies per training image"),
+    "num_masks": Key(10, POSITIVE_INT, positive_int, "n: masked copies per training image"),
     "include_end": Key(
         False,
         "True or False",
@@ -207,7 +207,7 @@ ME: dict[str, Key] = {
         "offline: build S' once, cached in the workdir; online: ME inside the train step",
     ),
     "build_batch_size": Key(
-        1024, POSITIVE_INT, _positive_int, "offline: images reconstructed per device call"
+        1024, POSITIVE_INT, positive_int, "offline: images reconstructed per device call"
     ),
     "inference_p": Key(
         None,
@@ -219,7 +219,7 @@ ME: dict[str, Key] = {
     "votes": Key(
         10,
         POSITIVE_INT,
-        _positive_int,
+        positive_int,
         "k: masks of the majority-vote classifier (supplement J), at the training p's",
     ),
     "rank_fraction": Key(
@@ -234,15 +234,15 @@ ME: dict[str, Key] = {
     "shrinkage": Key(
         None,
         "a positive number or None",
-        _optional(lambda v: _is_num(v) and v > 0),
+        _optional(lambda v: is_num(v) and v > 0),
         "softimpute lambda; None: sigma_max / 50 (fancyimpute)",
         float,
     ),
-    "max_iters": Key(100, POSITIVE_INT, _positive_int, "softimpute / nucnorm iteration cap"),
+    "max_iters": Key(100, POSITIVE_INT, positive_int, "softimpute / nucnorm iteration cap"),
     "tol": Key(
         1e-3,
         "a positive number",
-        lambda v: _is_num(v) and v > 0,
+        lambda v: is_num(v) and v > 0,
         "softimpute / nucnorm relative-change stopping tolerance",
     ),
     "accelerated": Key(
@@ -253,15 +253,15 @@ ME: dict[str, Key] = {
         "default (softimpute False, the fancyimpute loop; nucnorm True)",
         bool,
     ),
-    "mu": Key(1.0, "a positive number", lambda v: _is_num(v) and v > 0, "nucnorm weight"),
+    "mu": Key(1.0, "a positive number", lambda v: is_num(v) and v > 0, "nucnorm weight"),
 }
 
 # Madry-style adversarial training through ME with BPDA (docs/method.md §3.5).
 ADV: dict[str, Key] = {
     "enabled": Key(False, "True or False", _is_bool, "train on PGD examples"),
-    "eps": Key(8 / 255, "a positive number", lambda v: _is_num(v) and v > 0, "L-inf radius"),
-    "step_size": Key(2 / 255, "a positive number", lambda v: _is_num(v) and v > 0, "PGD step"),
-    "steps": Key(7, POSITIVE_INT, _positive_int, "PGD steps per training batch"),
+    "eps": Key(8 / 255, "a positive number", lambda v: is_num(v) and v > 0, "L-inf radius"),
+    "step_size": Key(2 / 255, "a positive number", lambda v: is_num(v) and v > 0, "PGD step"),
+    "steps": Key(7, POSITIVE_INT, positive_int, "PGD steps per training batch"),
     "random_start": Key(True, "True or False", _is_bool, "start in the eps-ball"),
 }
 

@@ -19,26 +19,18 @@ from collections.abc import Callable
 import ml_collections
 
 from menet_jax import attacks, rng
-from menet_jax.config import Key
+from menet_jax.config import Key, is_int, is_num
 
 # ---------------------------------------------------------------------------------------------
 # Key checks
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _pos_int(v) -> bool:
-    return _is_int(v) and v > 0
+    return is_int(v) and v > 0
 
 
 def _pos(v) -> bool:
-    return _is_num(v) and v > 0
+    return is_num(v) and v > 0
 
 
 POS_INT, POS = "a positive integer", "a positive number"
@@ -48,7 +40,7 @@ def _examples(default: int | None) -> Key:
     return Key(
         default,
         "a non-negative integer (0 skips the row) or None (every eval.num_examples example)",
-        lambda v: v is None or (_is_int(v) and v >= 0),
+        lambda v: v is None or (is_int(v) and v >= 0),
         "examples of this diagnostic row (a prefix of the evaluated examples)",
         int,
     )
@@ -360,7 +352,7 @@ def _steps_tuple(v) -> bool:
 
 def _increasing_multipliers(v) -> bool:
     v = tuple(v) if isinstance(v, tuple | list) else (None,)
-    return all(_is_num(m) and m >= 0 for m in v) and list(v) == sorted(set(v))
+    return all(is_num(m) and m >= 0 for m in v) and list(v) == sorted(set(v))
 
 
 KINDS: tuple[Kind, ...] = (
@@ -374,7 +366,7 @@ KINDS: tuple[Kind, ...] = (
     }, _pgd, "PGD at eval.eps / eval.step_size; a long run as a convergence diagnostic"),
     Kind("cw", "white-box", True, {
         "kappas": Key((20.0, 50.0), "a tuple of numbers >= 0",
-                      lambda v: all(_is_num(k) and k >= 0 for k in v),
+                      lambda v: all(is_num(k) and k >= 0 for k in v),
                       "confidences of the CW-Linf rows (PGD on the CW margin loss)"),
     }, _cw, "CW-Linf: PGD on the CW margin loss, the main PGD budget"),
     Kind("eot", "white-box", True, {
@@ -398,7 +390,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("transfer", "transfer", False, {
         "source_workdir": Key(None, "a path or None", lambda v: v is None or isinstance(v, str),
                               "the workdir of an independently trained source model", str),
-        "cw_l2_confidence": Key(20.0, "a number >= 0", lambda v: _is_num(v) and v >= 0,
+        "cw_l2_confidence": Key(20.0, "a number >= 0", lambda v: is_num(v) and v >= 0,
                                 "the authors' transfer CW-L2 confidence (foolbox 1.6.2)"),
         "cw_l2_steps": Key(1000, POS_INT, _pos_int, "CW-L2 iterations"),
     }, _transfer, "Tables 9/14/17/20: attacks on eval.transfer.source_workdir's model",
@@ -406,7 +398,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("spsa", "black-box", False, {
         "examples": _examples(100),
         "steps": Key(100, POS_INT, _pos_int, "SPSA iterations"),
-        "samples": Key(2048, "an even integer >= 2", lambda v: _is_int(v) and v >= 2 and v % 2 == 0,
+        "samples": Key(2048, "an even integer >= 2", lambda v: is_int(v) and v >= 2 and v % 2 == 0,
                        "perturbation samples per step"),
         "learning_rate": Key(0.01, POS, _pos, "Adam learning rate"),
         "delta": Key(0.01, POS, _pos, "perturbation size"),

@@ -14,14 +14,10 @@ import math
 
 import ml_collections
 
-from menet_jax.config import ConfigError, Key, check_section, section
+from menet_jax.config import ConfigError, Key, check_section, is_int, section
 from menet_jax.evaluation.rows import KINDS
 
 GROUPS = tuple(k.name for k in KINDS)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _allowed_attacks() -> str:
@@ -32,7 +28,7 @@ COMMON: dict[str, Key] = {
     "num_examples": Key(
         1000,
         "a positive integer or None",
-        lambda v: v is None or (_is_int(v) and v > 0),
+        lambda v: v is None or (is_int(v) and v > 0),
         "test examples every counted row runs on (the first N); None: the whole test split",
         int,
     ),
@@ -52,12 +48,12 @@ COMMON: dict[str, Key] = {
         "gradient of ME in white-box attacks; the fixed-mask sanity row always uses exact",
     ),
     "restarts": Key(
-        1, "a positive integer", lambda v: _is_int(v) and v >= 1, "restarts of PGD and APGD rows"
+        1, "a positive integer", lambda v: is_int(v) and v >= 1, "restarts of PGD and APGD rows"
     ),
     "eval_keys": Key(
         5,
         "a positive integer",
-        lambda v: _is_int(v) and v >= 1,
+        lambda v: is_int(v) and v >= 1,
         "R: fresh judging draws that measure (and R more that select; docs/method.md §6)",
     ),
     "attacks": Key(
