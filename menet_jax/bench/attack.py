@@ -133,5 +133,5 @@ def main(argv: list[str]) -> int:
             name, attack=args.attack, steps=args.steps, batch=args.batch, p=args.p, seed=args.seed
         )
         for key, value in result.items():
-            common.report(f"attack/bpda_{args.attack}/{name}/{key}", f"{value:.2f}")
+            common.report(f"attack/bpda_{args.attack}/{name}/{key}", f"{value:.6g}")
     return 0
