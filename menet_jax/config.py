@@ -63,7 +63,11 @@ def positive_int(v) -> bool:
     return is_int(v) and v > 0
 
 
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+def positive(v) -> bool:
+    return is_num(v) and v > 0
+
+
+def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or check(v)
 
 
@@ -100,6 +104,7 @@ def _increasing_positive(v) -> bool:
 
 
 POSITIVE_INT = "a positive integer"
+POSITIVE = "a positive number"
 
 # The top-level training keys (supplement Table 8's common settings: docs/method.md §4).
 TRAIN: dict[str, Key] = {
@@ -111,7 +116,7 @@ TRAIN: dict[str, Key] = {
     "data_dir": Key(
         None,
         "a path or None",
-        _optional(lambda v: isinstance(v, str) and v != ""),
+        optional(lambda v: isinstance(v, str) and v != ""),
         "None: the tfds default data dir; Tiny-ImageNet: the folder holding tiny-imagenet-200",
         str,
     ),
@@ -123,18 +128,18 @@ TRAIN: dict[str, Key] = {
     "num_train_examples": Key(
         None,
         "a positive integer or None",
-        _optional(positive_int),
+        optional(positive_int),
         "None: the whole train split; else its first N (tests, quick looks)",
         int,
     ),
     "num_epochs": Key(
         200.0,
-        "a positive number",
-        lambda v: is_num(v) and v > 0,
+        POSITIVE,
+        positive,
         "epochs of S' (n*M examples) for ME-Net, of S (M) for the vanilla model",
     ),
     "batch_size": Key(256, POSITIVE_INT, positive_int, "global batch over every device"),
-    "learning_rate": Key(0.1, "a positive number", lambda v: is_num(v) and v > 0, "SGD rate"),
+    "learning_rate": Key(0.1, POSITIVE, positive, "SGD rate"),
     "lr_boundaries_epochs": Key(
         (100, 150),
         "positive and increasing epochs",
@@ -159,7 +164,7 @@ TRAIN: dict[str, Key] = {
     "num_train_steps": Key(
         None,
         "a positive integer or None",
-        _optional(positive_int),
+        optional(positive_int),
         "None: num_epochs worth of steps",
         int,
     ),
@@ -170,7 +175,7 @@ TRAIN: dict[str, Key] = {
     "num_eval_examples": Key(
         None,
         "a positive integer or None",
-        _optional(positive_int),
+        optional(positive_int),
         "test examples of the clean evaluation after training; None: the whole test split",
         int,
     ),
@@ -212,7 +217,7 @@ ME: dict[str, Key] = {
     "inference_p": Key(
         None,
         "in (0, 1] or None",
-        _optional(_in_unit),
+        optional(_in_unit),
         "test-time p; None: the mean of the training p's (Algorithm 1)",
         float,
     ),
@@ -234,33 +239,33 @@ ME: dict[str, Key] = {
     "shrinkage": Key(
         None,
         "a positive number or None",
-        _optional(lambda v: is_num(v) and v > 0),
+        optional(positive),
         "softimpute lambda; None: sigma_max / 50 (fancyimpute)",
         float,
     ),
     "max_iters": Key(100, POSITIVE_INT, positive_int, "softimpute / nucnorm iteration cap"),
     "tol": Key(
         1e-3,
-        "a positive number",
-        lambda v: is_num(v) and v > 0,
+        POSITIVE,
+        positive,
         "softimpute / nucnorm relative-change stopping tolerance",
     ),
     "accelerated": Key(
         None,
         "True, False or None",
-        _optional(_is_bool),
+        optional(_is_bool),
         "softimpute / nucnorm: warm-started accelerated iterations; None: the method's own "
         "default (softimpute False, the fancyimpute loop; nucnorm True)",
         bool,
     ),
-    "mu": Key(1.0, "a positive number", lambda v: is_num(v) and v > 0, "nucnorm weight"),
+    "mu": Key(1.0, POSITIVE, positive, "nucnorm weight"),
 }
 
 # Madry-style adversarial training through ME with BPDA (docs/method.md §3.5).
 ADV: dict[str, Key] = {
     "enabled": Key(False, "True or False", _is_bool, "train on PGD examples"),
-    "eps": Key(8 / 255, "a positive number", lambda v: is_num(v) and v > 0, "L-inf radius"),
-    "step_size": Key(2 / 255, "a positive number", lambda v: is_num(v) and v > 0, "PGD step"),
+    "eps": Key(8 / 255, POSITIVE, positive, "L-inf radius"),
+    "step_size": Key(2 / 255, POSITIVE, positive, "PGD step"),
     "steps": Key(7, POSITIVE_INT, positive_int, "PGD steps per training batch"),
     "random_start": Key(True, "True or False", _is_bool, "start in the eps-ball"),
 }

@@ -98,9 +98,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     model = Target(clf, votes=int(clf.config.me.votes), top5=False)
     keys = suite.judging_keys(clf.config.seed, R)
     rows = {
-        name: {"selection": list(d[:, R:, :n]), "measurement": list(d[:, :R, :n])}
-        for name in head["rows"]
-        for d in [stored[f"draws/{name}"]]
+        name: protocol.split_draws(stored[f"draws/{name}"][:, :, :n], R) for name in head["rows"]
     }
     before = protocol.headline(rows)
     attack_stream = rng.stream(clf.config.seed, rng.CROSSCHECK)

@@ -21,6 +21,13 @@ import numpy as np
 from menet_jax.evaluation.stats import majority, mean_interval, wilson
 
 
+def split_draws(draws: np.ndarray, R: int) -> dict[str, list[np.ndarray]]:
+    """A row's judging draws bool [restarts, 2R, n] as {"selection": [bool [R, n]] per restart
+    (draws R..2R-1), "measurement": [bool [R, n]] per restart (draws 0..R-1)} (§6.2)."""
+    draws = np.asarray(draws)
+    return {"selection": list(draws[:, R:]), "measurement": list(draws[:, :R])}
+
+
 def rates(correct: np.ndarray) -> np.ndarray:
     """Per-example fraction of draws correct: bool [R, n] -> float64 [n]."""
     correct = np.asarray(correct, bool)

@@ -125,10 +125,7 @@ def write_markdown(report: dict, path: str) -> None:
 def _counted(plan, results, R: int, what: str = "correct") -> dict:
     """Per counted row, its selection and measurement draws (one array per restart)."""
     return {
-        row.name: {
-            "selection": list(results[row.name][what][:, R:]),
-            "measurement": list(results[row.name][what][:, :R]),
-        }
+        row.name: protocol.split_draws(results[row.name][what], R)
         for row in plan.rows
         if row.counted
     }
@@ -180,8 +177,8 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
             **r.get("extra", {}),
         }
         if top5:
-            sel, meas = list(r["top5"][:, R:]), list(r["top5"][:, :R])
-            entry["top5"] = protocol.row_figures(sel, meas)["accuracy"]
+            draws5 = protocol.split_draws(r["top5"], R)
+            entry["top5"] = protocol.row_figures(**draws5)["accuracy"]
         figures[row.name] = entry
 
     head = protocol.headline(_counted(plan, results, R))

@@ -19,21 +19,19 @@ from collections.abc import Callable
 import ml_collections
 
 from menet_jax import attacks, rng
-from menet_jax.config import Key, is_int, is_num
+from menet_jax.config import (
+    POSITIVE,
+    POSITIVE_INT,
+    Key,
+    is_int,
+    is_num,
+    optional,
+    positive,
+    positive_int,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Key checks
-
-
-def _pos_int(v) -> bool:
-    return is_int(v) and v > 0
-
-
-def _pos(v) -> bool:
-    return is_num(v) and v > 0
-
-
-POS_INT, POS = "a positive integer", "a positive number"
 
 
 def _examples(default: int | None) -> Key:
@@ -347,7 +345,7 @@ def _sanity(plan: Plan, c) -> None:
 
 def _steps_tuple(v) -> bool:
     v = tuple(v) if isinstance(v, tuple | list) else ()
-    return bool(v) and all(_pos_int(s) for s in v)
+    return bool(v) and all(positive_int(s) for s in v)
 
 
 def _increasing_multipliers(v) -> bool:
@@ -361,7 +359,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("pgd", "white-box", True, {
         "steps": Key((7, 20, 40, 100), "a non-empty tuple of positive integers", _steps_tuple,
                      "PGD steps, one row each; the longest is the main PGD row"),
-        "long_steps": Key(1000, POS_INT, _pos_int, "steps of the long-PGD convergence row"),
+        "long_steps": Key(1000, POSITIVE_INT, positive_int,
+                          "steps of the long-PGD convergence row"),
         "long_examples": _examples(200),
     }, _pgd, "PGD at eval.eps / eval.step_size; a long run as a convergence diagnostic"),
     Kind("cw", "white-box", True, {
@@ -370,17 +369,19 @@ KINDS: tuple[Kind, ...] = (
                       "confidences of the CW-Linf rows (PGD on the CW margin loss)"),
     }, _cw, "CW-Linf: PGD on the CW margin loss, the main PGD budget"),
     Kind("eot", "white-box", True, {
-        "steps": Key(200, POS_INT, _pos_int, "steps of BPDA+EOT (Tramer et al.: 200)"),
-        "samples": Key(41, POS_INT, _pos_int, "fresh masks averaged per step (1 + 40)"),
-        "step_size": Key(None, "a positive number or None", lambda v: v is None or _pos(v),
+        "steps": Key(200, POSITIVE_INT, positive_int, "steps of BPDA+EOT (Tramer et al.: 200)"),
+        "samples": Key(41, POSITIVE_INT, positive_int, "fresh masks averaged per step (1 + 40)"),
+        "step_size": Key(None, "a positive number or None", optional(positive),
                          "None: 5 * eps / steps (Tramer et al.)", float),
     }, _eot, "BPDA+EOT (Tramer et al. 2020), the best iterate kept", needs_me=True),
     Kind("apgd", "white-box", True, {
         "losses": Key(("ce", "dlr"), "a non-empty tuple of 'ce', 'dlr', 'dlr_targeted'",
                       lambda v: bool(v) and set(v) <= {"ce", "dlr", "dlr_targeted"},
                       "one APGD row per loss"),
-        "steps": Key(100, POS_INT, _pos_int, "iterations (AutoAttack's rand version: 100)"),
-        "eot_samples": Key(20, POS_INT, _pos_int, "fresh masks averaged per gradient (20)"),
+        "steps": Key(100, POSITIVE_INT, positive_int,
+                     "iterations (AutoAttack's rand version: 100)"),
+        "eot_samples": Key(20, POSITIVE_INT, positive_int,
+                           "fresh masks averaged per gradient (20)"),
     }, _apgd, "APGD with EOT (Croce & Hein 2020, AutoAttack's randomised version)"),
     Kind("network_only", "gray-box", True, {}, _network_only,
          "Table 12: PGD on the network at one fixed ME(x), judged through a fresh ME",
@@ -392,25 +393,25 @@ KINDS: tuple[Kind, ...] = (
                               "the workdir of an independently trained source model", str),
         "cw_l2_confidence": Key(20.0, "a number >= 0", lambda v: is_num(v) and v >= 0,
                                 "the authors' transfer CW-L2 confidence (foolbox 1.6.2)"),
-        "cw_l2_steps": Key(1000, POS_INT, _pos_int, "CW-L2 iterations"),
+        "cw_l2_steps": Key(1000, POSITIVE_INT, positive_int, "CW-L2 iterations"),
     }, _transfer, "Tables 9/14/17/20: attacks on eval.transfer.source_workdir's model",
         needs_source=True),
     Kind("spsa", "black-box", False, {
         "examples": _examples(100),
-        "steps": Key(100, POS_INT, _pos_int, "SPSA iterations"),
+        "steps": Key(100, POSITIVE_INT, positive_int, "SPSA iterations"),
         "samples": Key(2048, "an even integer >= 2", lambda v: is_int(v) and v >= 2 and v % 2 == 0,
                        "perturbation samples per step"),
-        "learning_rate": Key(0.01, POS, _pos, "Adam learning rate"),
-        "delta": Key(0.01, POS, _pos, "perturbation size"),
+        "learning_rate": Key(0.01, POSITIVE, positive, "Adam learning rate"),
+        "delta": Key(0.01, POSITIVE, positive, "perturbation size"),
     }, _spsa, "score-based SPSA on the randomised model"),
     Kind("boundary", "black-box", False, {
         "examples": _examples(100),
-        "steps": Key(1000, POS_INT, _pos_int, "Boundary attack steps"),
-        "proposals": Key(25, POS_INT, _pos_int, "proposals per step (foolbox 1.6.2: 25)"),
+        "steps": Key(1000, POSITIVE_INT, positive_int, "Boundary attack steps"),
+        "proposals": Key(25, POSITIVE_INT, positive_int, "proposals per step (foolbox 1.6.2: 25)"),
     }, _boundary, "decision-based Boundary attack; a success counts only within eps"),
     Kind("vote", "vote", False, {
         "examples": _examples(None),
-        "steps": Key(100, POS_INT, _pos_int, "iterations of APGD aimed at the vote"),
+        "steps": Key(100, POSITIVE_INT, positive_int, "iterations of APGD aimed at the vote"),
     }, _vote, "the k-mask majority vote (supplement J): clean, main-PGD images, and APGD aimed "
         "at the vote itself", needs_me=True),
     Kind("sanity", "sanity", False, {

@@ -10,11 +10,20 @@ before hours of training). Errors are `menet_jax.config.ConfigError`.
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
-from menet_jax.config import ConfigError, Key, check_section, is_int, section
+from menet_jax.config import (
+    POSITIVE,
+    POSITIVE_INT,
+    ConfigError,
+    Key,
+    check_section,
+    is_num,
+    optional,
+    positive,
+    positive_int,
+    section,
+)
 from menet_jax.evaluation.rows import KINDS
 
 GROUPS = tuple(k.name for k in KINDS)
@@ -28,32 +37,28 @@ COMMON: dict[str, Key] = {
     "num_examples": Key(
         1000,
         "a positive integer or None",
-        lambda v: v is None or (is_int(v) and v > 0),
+        optional(positive_int),
         "test examples every counted row runs on (the first N); None: the whole test split",
         int,
     ),
     "eps": Key(
         8 / 255,
         "a finite number >= 0",
-        lambda v: isinstance(v, int | float) and math.isfinite(v) and v >= 0,
+        lambda v: is_num(v) and v >= 0,
         "L-inf radius of every bounded attack",
     ),
-    "step_size": Key(
-        2 / 255, "a positive number", lambda v: isinstance(v, int | float) and v > 0, "PGD step"
-    ),
+    "step_size": Key(2 / 255, POSITIVE, positive, "PGD step"),
     "gradient": Key(
         "bpda",
         "'bpda' (straight-through) or 'exact'",
         lambda v: v in ("bpda", "exact"),
         "gradient of ME in white-box attacks; the fixed-mask sanity row always uses exact",
     ),
-    "restarts": Key(
-        1, "a positive integer", lambda v: is_int(v) and v >= 1, "restarts of PGD and APGD rows"
-    ),
+    "restarts": Key(1, POSITIVE_INT, positive_int, "restarts of PGD and APGD rows"),
     "eval_keys": Key(
         5,
-        "a positive integer",
-        lambda v: is_int(v) and v >= 1,
+        POSITIVE_INT,
+        positive_int,
         "R: fresh judging draws that measure (and R more that select; docs/method.md §6)",
     ),
     "attacks": Key(

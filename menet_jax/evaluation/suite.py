@@ -49,6 +49,16 @@ def judging_keys(seed: int, draws: int) -> jax.Array:
     return jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(2 * draws, dtype=jnp.uint32))
 
 
+def _batches(x_all: np.ndarray, y_all: np.ndarray, n: int, bs: int):
+    """(batch index, start, real size m, images, labels) of the first n examples in batches of
+    bs, the last one padded to bs (`input_pipeline.pad_batch`), so every batch has one shape."""
+    for b, start in enumerate(range(0, n, bs)):
+        m = min(bs, n - start)
+        x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
+        y = jnp.asarray(input_pipeline.pad_batch(y_all[start : start + m], bs))
+        yield b, start, m, x, y
+
+
 def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -> dict:
     """Attacks and judges one row: `correct` / `top5` bool [restarts, 2R, n] (the first R
     draws measure, the last R select), plus per-example randomness flags of restart 0."""
@@ -66,10 +76,7 @@ def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -
     keep = row.counted or row.name in cache  # images for results.npz or a reusing row
     advs = np.zeros((restarts, n, *x_all.shape[1:]), np.float32) if keep else None
     dist = np.zeros(n, np.float32)
-    for b, start in enumerate(range(0, n, bs)):
-        m = min(bs, n - start)
-        x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
-        y = jnp.asarray(input_pipeline.pad_batch(y_all[start : start + m], bs))
+    for b, start, m, x, y in _batches(x_all, y_all, n, bs):
         idx = jnp.asarray(input_pipeline.pad_batch(np.arange(start, start + m, dtype=np.int32), bs))
         key = jax.random.fold_in(row_key, b)
         for r in range(restarts):
@@ -113,10 +120,7 @@ def _runtime_checks(model: Target, data, keys, batch_size: int) -> dict:
     x_all, y_all, _ = data
     n, bs = len(y_all), min(batch_size, len(y_all))
     zero, probs = np.zeros(n, bool), np.zeros(n, bool)
-    for b, start in enumerate(range(0, n, bs)):
-        m = min(bs, n - start)
-        x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
-        y = jnp.asarray(input_pipeline.pad_batch(y_all[start : start + m], bs))
+    for b, start, m, x, y in _batches(x_all, y_all, n, bs):
         k = jax.random.fold_in(keys["sanity"], b)
         zero[start : start + m] = np.asarray(model.grad_is_zero(model.state, x, y, k))[:m]
         probs[start : start + m] = np.asarray(model.look_like_probabilities(model.state, x, k))[:m]
@@ -258,13 +262,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cache = {r.reuse: None for r in plan.rows if r.reuse}
     results, seconds = {}, {}
     R = int(ev.eval_keys)
-    resumed = [r.name for r in plan.rows if store.load(r.name) is not None]
+    finished = {r.name: store.load(r.name) for r in plan.rows}
+    finished = {name: done for name, done in finished.items() if done is not None}
+    resumed = list(finished)
     if resumed:
         print(f"resuming the evaluation: {len(resumed)} of {len(plan.rows)} rows already "
               f"finished ({', '.join(resumed)})", file=sys.stderr)  # fmt: skip
     bar = monitor.progress(total=len(plan.rows), desc="attacks", unit="row", config=config)
     for row in plan.rows:
-        done = store.load(row.name) if row.name in resumed else None
+        done = finished.pop(row.name, None)
         t0 = time.time()
         if done is not None:
             results[row.name], seconds[row.name] = done
@@ -275,7 +281,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if row.name in cache:
             cache[row.name] = results[row.name]["adversarial"]
         correct = results[row.name]["correct"]
-        fig = protocol.row_figures(list(correct[:, R:]), list(correct[:, :R]))
+        fig = protocol.row_figures(**protocol.split_draws(correct, R))
         results[row.name]["figures"] = fig
         bar.update(1)
         how = "resumed" if done is not None else f"{seconds[row.name]:.1f} s"
