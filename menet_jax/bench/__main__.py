@@ -1,4 +1,4 @@
-"""`python -m menet_jax.bench {me,train,attack,grad} [options]`: runs one benchmark."""
+"""`python -m menet_jax.bench {me,train,attack,grad,eval} [options]`: runs one benchmark."""
 
 import importlib
 import sys
@@ -10,6 +10,7 @@ _SUBCOMMANDS = {
     "train": "menet_jax.bench.train",
     "attack": "menet_jax.bench.attack",
     "grad": "menet_jax.bench.grad",
+    "eval": "menet_jax.bench.eval",
 }
 
 
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
         got = repr(argv[0]) if argv else "nothing"
         return common.fail(
             f"the first argument must be a benchmark, one of {', '.join(_SUBCOMMANDS)}; got {got}."
-            " Usage: python -m menet_jax.bench {me,train,attack,grad} [options]"
+            " Usage: python -m menet_jax.bench {me,train,attack,grad,eval} [options]"
         )
     return importlib.import_module(_SUBCOMMANDS[argv[0]]).main(argv[1:])
 
