@@ -231,12 +231,17 @@ def _lines(plt, spec: core.Lines, records: list[dict]):
                           label=label)  # fmt: skip
         refs = [r for r in records if r not in on_axis and spec.x not in r["values"]]
         for r in refs:
+            # One dashed line per distinct level, naming every column at it (labels at one
+            # level would print over each other).
+            levels: dict[float, list[str]] = {}
             for col in spec.columns:
                 c = r["cells"][col]
                 if "missing" not in c:
-                    ax.axhline(c["accuracy"], ls="--", lw=1, color="gray")
-                    ax.annotate(f"{r['name']}: {col}", (0.01, c["accuracy"]), fontsize=7,
-                                xycoords=("axes fraction", "data"), va="bottom")  # fmt: skip
+                    levels.setdefault(round(c["accuracy"], 3), []).append(col)
+            for level, cols in levels.items():
+                ax.axhline(level, ls="--", lw=1, color="gray")
+                ax.annotate(f"{r['name']}: {', '.join(cols)}", (0.01, level), fontsize=7,
+                            xycoords=("axes fraction", "data"), va="bottom")  # fmt: skip
         if spec.logx:
             ax.set_xscale("log")
         ax.set_xlabel(spec.xlabel or spec.x)
