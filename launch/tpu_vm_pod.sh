@@ -14,7 +14,7 @@ gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "
   set -e
   [ -d menet-jax ] || git clone $REPO menet-jax
   cd menet-jax && python3 -m venv .venv && . .venv/bin/activate
-  pip install -q -e . 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
+  pip install -q -e '.[tpu]'
   python -m menet_jax.main --config=$CONFIG --workdir=$WORKDIR \
     \${DATA_DIR:+--config.data_dir=$DATA_DIR} --config.me.mode=online
 "

@@ -1,8 +1,19 @@
-"""What the command-line entry points share: one-line errors and absl flag parsing that ends a
-bad `--config.KEY=VALUE` override with one sentence instead of a traceback."""
+"""The command line: the `menet-jax` console script, and what every entry point shares (one-line
+errors, and absl flag parsing that ends a bad `--config.KEY=VALUE` override with one sentence
+instead of a traceback).
+
+  menet-jax run|train|eval --config=configs/cifar10.py --workdir=DIR [--config.KEY=VALUE ...]
+  menet-jax study NAME --config=... --workdir=...      menet-jax bench me|train|attack|grad|eval
+  menet-jax convert ...                                 menet-jax fig9 --out fig9.png
+
+Each subcommand is exactly `python -m MODULE` with the same arguments (`run`, `train` and `eval`
+are `python -m menet_jax.main` with `--mode` train_and_eval, train, eval).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import runpy
 import sys
 
 from absl import flags
@@ -29,3 +40,47 @@ def parse_flags(argv):
                 "evaluation's budgets live in sections such as --config.eval.pgd.steps"
             )
         )
+
+
+# subcommand -> (module run as __main__, arguments put before the user's, what it does)
+SUBCOMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "run": ("menet_jax.main", ("--mode=train_and_eval",), "train, then evaluate (the default)"),
+    "train": ("menet_jax.main", ("--mode=train",), "train (resumes from the workdir)"),
+    "eval": ("menet_jax.main", ("--mode=eval",), "evaluate a workdir's checkpoint"),
+    "study": ("menet_jax.study", (), "one of the supplement's studies (--list names them)"),
+    "convert": ("menet_jax.convert", (), "import the authors' PyTorch checkpoint"),
+    "bench": ("menet_jax.bench", (), "benchmarks: me, train, attack, grad, eval"),
+    "fig9": ("menet_jax.figures.fig9", (), "Fig. 9: photos masked and rebuilt by each method"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {doc}" for name, (mod, _, doc) in SUBCOMMANDS.items()
+             if importlib.util.find_spec(mod) is not None]  # fmt: skip
+    return "usage: menet-jax SUBCOMMAND [options]; SUBCOMMAND --help for its options\n" + "\n".join(
+        lines
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `menet-jax` console script: runs the subcommand's module as `python -m` would."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    known = [n for n, (m, _, _) in SUBCOMMANDS.items() if importlib.util.find_spec(m) is not None]
+    if name not in known:
+        return fail(f"unknown subcommand {name!r}; one of {', '.join(known)} (menet-jax --help)")
+    module, before, _ = SUBCOMMANDS[name]
+    sys.argv = [f"menet-jax {name}", *before, *rest]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:  # absl's app.run and the modules' sys.exit(main(...))
+        code = e.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    return 0

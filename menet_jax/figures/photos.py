@@ -15,8 +15,14 @@ PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry
 
 def load_photo(name: str, *, size: int = 32) -> np.ndarray:
     """One skimage.data photo, centre-cropped to a square and resized to size x size, in [0,1]."""
-    import skimage.data
-    import skimage.transform
+    try:
+        import skimage.data
+        import skimage.transform
+    except ImportError:
+        raise ValueError(
+            "the sample photos need scikit-image, which is not installed: "
+            "pip install 'menet-jax[demo]' (or pip install scikit-image)"
+        ) from None
 
     if name not in PHOTO_NAMES:
         raise ValueError(f"name must be one of {PHOTO_NAMES}; got {name!r}.")
