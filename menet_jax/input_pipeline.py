@@ -102,7 +102,8 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
 }
 
-_TFDS_NAMES = {"cifar10": "cifar10", "mnist": "mnist", "svhn": "svhn_cropped"}
+# Our dataset name -> its tfds name (the notebook prepares these on Colab).
+TFDS_NAMES = {"cifar10": "cifar10", "mnist": "mnist", "svhn": "svhn_cropped"}
 _TFDS_CHUNK = 2048
 _TINY_DIRNAME = "tiny-imagenet-200"
 _TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -145,8 +146,8 @@ def load_split(
     info = get_info(name)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
-    if name in _TFDS_NAMES:
-        images, labels = _load_tfds(_TFDS_NAMES[name], split, data_dir=data_dir, progress=progress)
+    if name in TFDS_NAMES:
+        images, labels = _load_tfds(TFDS_NAMES[name], split, data_dir=data_dir, progress=progress)
     elif name == "tiny_imagenet":
         images, labels = _load_tiny_imagenet(split, data_dir=data_dir, progress=progress)
     else:
