@@ -80,6 +80,7 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
     adv = config.adv
 
     num_classes = input_pipeline.get_info(config.dataset).num_classes
+    reconstruct = sprime.per_device_reconstruction(me_config, seed, mesh)  # no global loop test
 
     def attack(model, x, y, p, key):
         # PGD through ME with BPDA, fresh masks every step at each example's p, network in eval
@@ -110,9 +111,7 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
             p = ps_all[batch["copy_idx"]]
             x = attack(model, x, y, p, rng.step_key(seed, rng.ADVERSARIAL, step))
         if online and me_config.method != "none":
-            x = sprime.reconstruct_examples(
-                me_config, seed, x, batch["image_idx"], batch["copy_idx"]
-            )
+            x = reconstruct(x, batch["image_idx"], batch["copy_idx"])
         if config.augment and not adv.enabled:
             x = input_pipeline.augment(aug_key, x)
 

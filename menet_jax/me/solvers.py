@@ -412,11 +412,12 @@ def softimpute(
         matrix products only, the Gram eigenbasis carried from one iteration to the next and
         refreshed by rotations, see `linalg.tracked_svt`) or "eigh" (a fresh eigendecomposition
         per iteration). Same algorithm and stopping rule; both stay close to a float64 run of
-        fancyimpute's loop (BENCHMARKS.md gives the errors). Known limitation: with the batch
-        sharded over several forced XLA:CPU host devices
-        (XLA_FLAGS=--xla_force_host_platform_device_count=N), "tracked" can deadlock in
-        XLA:CPU's all-reduce; use svt="eigh" there (GPUs and TPUs do not run on XLA:CPU's
-        thread pool).
+        fancyimpute's loop (BENCHMARKS.md gives the errors). Call it on one device's
+        matrices: the training step runs it per device (`sprime.per_device_reconstruction`),
+        since over a sharded batch the loop's stopping test would be a cross-device reduction
+        every iteration. (On 2 or 4 forced XLA:CPU host devices of a 2-core machine the step's
+        all-reduce can still deadlock whenever it holds an eigendecomposition, USVT included;
+        8 forced devices, GPUs and TPUs do not.)
       return_iterations: also return each matrix's iteration count.
       differentiable: give the estimate an exact reverse-mode gradient in `a` (and in a traced
         shrinkage) for this fixed mask: the implicit-function gradient of the fixed point
