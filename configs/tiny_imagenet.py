@@ -23,6 +23,9 @@ from base import apply_variant, get_base_config  # noqa: E402
 def _adv(c):
     c.me.method = "nucnorm"
     c.me.p_start, c.me.p_end = 0.4, 0.6
+    # Table 8's decay (30/60): no adversarial-training code was released for Tiny-ImageNet
+    # (docs/method.md §3.5).
+    c.lr_boundaries_epochs = (30, 60)
     c.adv.enabled = True
 
 

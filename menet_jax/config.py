@@ -9,7 +9,8 @@ the key, the value and what is allowed; `main` prints it on one line and exits n
 
 A run's config is stored in WORKDIR/config.json as `{"schema_version": N, "config": {...}}`
 (`to_json` / `from_json`); a config.json of an older schema is upgraded on reading (`upgrade_v1`:
-written before schema versions existed; `upgrade_v2`: flat evaluation keys).
+written before schema versions existed; `upgrade_v2`: flat evaluation keys; `upgrade_v3`: before
+`model_width`, `model_mean` / `model_std` and `adv.attack_bn`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,10 @@ def _is_bool(v) -> bool:
     return isinstance(v, bool)
 
 
+def _numbers(v, check: Callable[[Any], bool]) -> bool:
+    return isinstance(v, tuple | list) and bool(v) and all(is_num(x) and check(x) for x in v)
+
+
 def _increasing_positive(v) -> bool:
     v = tuple(v)
     return all(is_num(b) and b > 0 for b in v) and list(v) == sorted(v)
@@ -124,6 +129,27 @@ TRAIN: dict[str, Key] = {
         "resnet18",
         *_registered("models", "MODELS"),
         "network name (menet_jax.models.MODELS)",
+    ),
+    "model_width": Key(
+        64,
+        POSITIVE_INT,
+        positive_int,
+        "resnet18: channels of its first stage (64; the others 2x, 4x, 8x); other models: 64",
+    ),
+    "model_mean": Key(
+        None,
+        "a tuple of one number per image channel, or None",
+        optional(lambda v: _numbers(v, lambda m: True)),
+        "per-channel mean the network subtracts first (after ME); None: the dataset's",
+        tuple,
+    ),
+    "model_std": Key(
+        None,
+        "a tuple of one positive number per image channel, or None",
+        optional(lambda v: _numbers(v, lambda s: s > 0)),
+        "per-channel std the network divides by after the mean; None: the dataset's. The "
+        "authors' CIFAR-10 code used (0.2023, 0.1994, 0.2010) (docs/method.md §7)",
+        tuple,
     ),
     "num_train_examples": Key(
         None,
@@ -268,6 +294,14 @@ ADV: dict[str, Key] = {
     "step_size": Key(2 / 255, POSITIVE, positive, "PGD step"),
     "steps": Key(7, POSITIVE_INT, positive_int, "PGD steps per training batch"),
     "random_start": Key(True, "True or False", _is_bool, "start in the eps-ball"),
+    "attack_bn": Key(
+        "eval",
+        "eval or train",
+        _one_of("eval", "train"),
+        "BatchNorm during the attack: eval = running statistics; train = each forward pass's "
+        "batch statistics, as the authors' train_adv.py ran it (their running statistics also "
+        "moved during the attack; here they do not: docs/method.md §3.5)",
+    ),
 }
 
 SECTIONS: dict[str, dict[str, Key]] = {"": TRAIN, "me": ME, "adv": ADV}
@@ -315,6 +349,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.me.p_start={me.p_start!r} must not exceed config.me.p_end={me.p_end!r}"
         )
+    if config.model != "resnet18" and config.model_width != 64:
+        raise ConfigError(
+            f"config.model_width={config.model_width!r} applies to resnet18 only; "
+            f"config.model={config.model!r} takes 64"
+        )
+    _check_normalisation(config)
+
+
+def _check_normalisation(config: ml_collections.ConfigDict) -> None:
+    mean, std = config.model_mean, config.model_std
+    if (mean is None) != (std is None):
+        raise ConfigError(
+            f"config.model_mean={mean!r} and config.model_std={std!r} must be set together "
+            "or both be None"
+        )
+    if mean is None:
+        return
+    import importlib
+
+    info = importlib.import_module("menet_jax.input_pipeline").get_info(config.dataset)
+    channels = info.image_shape[2]
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(
+            f"config.model_mean={mean!r} and config.model_std={std!r} must have one value per "
+            f"channel of {config.dataset} ({channels})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,9 +402,11 @@ def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{source} does not hold a config object")
     version = data.get("schema_version", 1)
     if version == 1:
-        data = upgrade_v2(upgrade_v1(data))
+        data = upgrade_v3(upgrade_v2(upgrade_v1(data)))
     elif version == 2:
-        data = upgrade_v2(data["config"])
+        data = upgrade_v3(upgrade_v2(data["config"]))
+    elif version == 3:
+        data = upgrade_v3(data["config"])
     elif version == SCHEMA_VERSION:
         data = data["config"]
     else:
@@ -419,6 +481,19 @@ def upgrade_v2(old: dict) -> dict:
         if ev.get("num_examples") == -1:
             ev["num_examples"] = None
         ev.pop("cw_examples", None), ev.pop("eot_examples", None), ev.pop("apgd_examples", None)
+    return new
+
+
+def upgrade_v3(old: dict) -> dict:
+    """Converts a version-3 config to version 4: the keys version 4 added, at the values that
+    reproduce a version-3 run (ResNet-18 at width 64, the dataset's normalisation, the attack
+    of adversarial training with running BatchNorm statistics)."""
+    new = json.loads(json.dumps(old))  # a deep copy
+    new.setdefault("model_width", 64)
+    new.setdefault("model_mean", None)
+    new.setdefault("model_std", None)
+    if isinstance(new.get("adv"), dict):
+        new["adv"].setdefault("attack_bn", "eval")
     return new
 
 

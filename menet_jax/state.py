@@ -35,14 +35,23 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 def create_model(
     config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo, *, seed: int | None = None
 ) -> nnx.Module:
-    """The configured network, initialised from the run's seed (or `seed`)."""
+    """The configured network, initialised from the run's seed (or `seed`).
+
+    Its input normalisation is `config.model_mean` / `model_std`, or the dataset's when they are
+    None; a ResNet-18's stage widths follow `config.model_width`.
+    """
     seed = config.seed if seed is None else seed
+    mean, std = info.mean, info.std
+    if config.get("model_mean") is not None:  # the authors' constants (docs/method.md §7)
+        mean, std = tuple(config.model_mean), tuple(config.model_std)
+    width = config.get("model_width", 64)
     return models.create_model(
         config.model,
         num_classes=info.num_classes,
         input_shape=tuple(info.image_shape),
-        mean=info.mean,
-        std=info.std,
+        mean=mean,
+        std=std,
+        width=None if width == 64 else int(width),
         rngs=nnx.Rngs(params=rng.stream(seed, rng.INIT)),
     )
 

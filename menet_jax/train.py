@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from menet_jax import attacks, checkpoint, defense, input_pipeline, monitor, rng, sprime, state
+from menet_jax import attacks, checkpoint, defense, input_pipeline, me, monitor, rng, sprime, state
 from menet_jax.config import ConfigError, validate
 from menet_jax.evaluation.settings import validate_eval
 
@@ -69,6 +69,22 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def final_masks(me_config, seed: int, step, image_idx, copy_idx, shape) -> jax.Array:
+    """Adversarial training's masks for the final reconstruction (docs/method.md §3.5).
+
+    Drawn afresh for every (step, image i, copy k), at copy k's p, as the authors' code draws a
+    new mask on every forward pass; not the (i, k) mask of S', which would repeat every epoch.
+    """
+    root = rng.named(rng.step_key(seed, rng.ADVERSARIAL, step), "final_mask")
+    keys = jax.vmap(lambda i, k: jax.random.fold_in(jax.random.fold_in(root, i), k))(
+        image_idx, copy_idx
+    )
+    ps = jnp.asarray(defense.training_ps(me_config))[copy_idx]
+    return jax.vmap(lambda k, p: me.sample_mask(k, tuple(shape), p, channels=me_config.channels))(
+        keys, ps
+    )
+
+
 def make_train_step(config, graphdef, mesh, *, online: bool):
     """The jitted step: (train state, batch, step) -> (train state, metrics sums).
 
@@ -83,11 +99,12 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
     reconstruct = sprime.per_device_reconstruction(me_config, seed, mesh)  # no global loop test
 
     def attack(model, x, y, p, key):
-        # PGD through ME with BPDA, fresh masks every step at each example's p, network in eval
-        # mode (running BN statistics), Madry-style random start.
+        # PGD through ME with BPDA, fresh masks every step at each example's p, BatchNorm on
+        # running statistics (adv.attack_bn "eval") or on each pass's batch statistics ("train",
+        # the authors'; the running statistics do not move), Madry-style random start.
         clf = defense.DefendedClassifier.from_model(model, config, num_classes)  # eval mode
         x_adv = attacks.pgd(
-            clf.logits_fn("menet", gradient="bpda", p=p),
+            clf.logits_fn("menet", gradient="bpda", p=p, bn=adv.attack_bn),
             x,
             y,
             key,
@@ -110,7 +127,16 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
                 x = input_pipeline.augment(aug_key, x)
             p = ps_all[batch["copy_idx"]]
             x = attack(model, x, y, p, rng.step_key(seed, rng.ADVERSARIAL, step))
-        if online and me_config.method != "none":
+        if adv.enabled and me_config.method != "none":
+            masks = final_masks(
+                me_config, seed, step, batch["image_idx"], batch["copy_idx"], x.shape[1:]
+            )
+            x = me.reconstruct(
+                x, masks, method=me_config.method, channels=me_config.channels,
+                **defense.solver_options(me_config),
+            )  # fmt: skip
+            x = sprime.quantize(x)  # to the S' grid, as the online path
+        elif online and me_config.method != "none":
             x = reconstruct(x, batch["image_idx"], batch["copy_idx"])
         if config.augment and not adv.enabled:
             x = input_pipeline.augment(aug_key, x)

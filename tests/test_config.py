@@ -36,6 +36,11 @@ def test_every_default_passes_its_own_check():
         ("momentum", 1.0, "config.momentum=1.0"),
         ("lr_boundaries_epochs", (150, 100), "increasing"),
         ("adv.steps", 0, "config.adv.steps"),
+        ("adv.attack_bn", "batch", "eval or train"),
+        ("model_width", 0, "config.model_width=0"),
+        ("model_width", 32, "applies to resnet18 only"),  # the tiny config's model is lenet
+        ("model_std", (0.2, 0.0, 0.2), "config.model_std"),
+        ("model_mean", (0.5,), "set together"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, fragment):
@@ -99,7 +104,7 @@ def test_workdir_written_before_schema_versions_loads_and_resumes(tmp_path):
     assert clf.step == 3 and clf.config.me.votes == 7
     summary = train.train_and_evaluate(tiny_config(num_train_steps=4), workdir)
     assert summary["resumed_from_step"] == 3
-    assert json.loads((tmp_path / "config.json").read_text())["schema_version"] == 3
+    assert json.loads((tmp_path / "config.json").read_text())["schema_version"] == 4
 
 
 def test_v2_config_json_reads_with_nested_eval_sections(tmp_path):
@@ -149,3 +154,77 @@ def test_sprime_cache_of_another_format_is_rebuilt_not_reused(tmp_path, monkeypa
     c.me.p_start = 0.5
     sprime.build(c, images, str(tmp_path))
     assert len(list((tmp_path / "sprime").glob("*.npy"))) == 3
+
+
+def test_v3_config_json_reads_as_v4_with_the_v3_meaning(tmp_path):
+    v4 = json.loads(tiny_config().to_json())
+    v3 = json.loads(json.dumps(v4))
+    for key in ("model_width", "model_mean", "model_std"):
+        del v3[key]
+    del v3["adv"]["attack_bn"]
+    (tmp_path / "config.json").write_text(json.dumps({"schema_version": 3, "config": v3}))
+    assert checkpoint.read_config(str(tmp_path)).to_dict() == v4
+
+
+def test_mnist_normalisation_needs_one_value(tmp_path):
+    c = tiny_config(**{"model_mean": (0.1307,), "model_std": (0.3081,)})
+    config.validate(c)
+    c.model_mean, c.model_std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+    with pytest.raises(ConfigError, match="one value per channel of mnist_5k"):
+        config.validate(c)
+
+
+AUTHORS = {  # variant: (p, masks, adversarially trained, decay epochs)
+    "authors_p05": (0.5, 10, False, (100, 150)),
+    "authors_p05_adv": (0.5, 1, True, (50, 100, 150)),
+    "authors_p09": (0.9, 10, False, (100, 150)),
+    "authors_p03": (0.3, 10, False, (100, 150)),
+    "authors_p03_adv": (0.3, 1, True, (50, 100, 150)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(AUTHORS))
+def test_authors_variants_set_the_released_models_settings(variant):
+    from menet_jax.evaluation.settings import validate_eval
+
+    c = load_config(os.path.join(ROOT, f"configs/cifar10.py:{variant}"))
+    config.validate(c)
+    validate_eval(c.eval)
+    p, masks, adversarial, decay = AUTHORS[variant]
+    assert (c.model, c.model_width, c.me.method, c.me.channels) == (
+        "resnet18",
+        64,
+        "usvt",
+        "concat",
+    )
+    assert c.me.p_start == c.me.p_end == c.me.inference_p == p and c.me.num_masks == masks
+    assert c.me.rank_fraction == 0.8 and c.me.threshold == "rank"
+    assert tuple(c.model_mean) == (0.4914, 0.4822, 0.4465)
+    assert tuple(c.model_std) == (0.2023, 0.1994, 0.2010)
+    assert c.adv.enabled == adversarial and tuple(c.lr_boundaries_epochs) == decay
+    assert c.adv.attack_bn == ("train" if adversarial else "eval")
+
+
+def test_tramer_and_one_mask_variants():
+    from menet_jax.evaluation.settings import validate_eval
+
+    c = load_config(os.path.join(ROOT, "configs/cifar10.py:authors_p05_adv,tramer"))
+    validate_eval(c.eval)
+    ev = c.eval
+    assert (ev.num_examples, ev.eot.steps, ev.eot.samples, ev.eot.step_size) == (
+        1000,
+        200,
+        41,
+        None,
+    )
+    assert ev.eps == 8 / 255 and c.me.inference_p == 0.5
+    c = load_config(os.path.join(ROOT, "configs/cifar10.py:adv,one_mask"))
+    config.validate(c)
+    assert c.me.num_masks == 1 and c.adv.enabled and c.me.method == "nucnorm"
+    for name, decay in (
+        ("mnist", (100, 150)),
+        ("tiny_imagenet", (30, 60)),
+        ("svhn", (50, 100, 150)),
+    ):
+        c = load_config(os.path.join(ROOT, f"configs/{name}.py:adv"))
+        assert tuple(c.lr_boundaries_epochs) == decay, name

@@ -190,6 +190,15 @@ def test_model_cache_key():
     v1, v2 = core.vanilla_config(base), core.vanilla_config(other)
     v2.adv.eps = 0.1
     assert model_hash(v1) == model_hash(v2) != h
+    # Config schema 4's keys at their defaults leave the hashes of cached models as they were.
+    demo = load_config(os.path.join(ROOT, "configs/mnist_demo.py"))
+    assert model_hash(demo) == "f3d5279ce15a89b9"
+    adv = load_config(os.path.join(ROOT, "configs/mnist_demo.py:adv"))
+    assert model_hash(adv) == "18ab682a39a2cad2"
+    adv.adv.attack_bn = "train"
+    assert model_hash(adv) != "18ab682a39a2cad2"
+    demo.model_mean, demo.model_std = (0.5,), (0.25,)
+    assert model_hash(demo) != "f3d5279ce15a89b9"
 
 
 def test_plan_transfer_source_model_of_and_errors(tmp_path):

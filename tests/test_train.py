@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from menet_jax import checkpoint, defense, me, sprime, state, train
+from menet_jax import checkpoint, defense, me, rng, sprime, state, train
 from menet_jax.config import ConfigError, load_config
 from menet_jax.config import validate as validate_config
 from menet_jax.evaluation.settings import validate_eval
@@ -288,9 +288,13 @@ def test_adversarial_training_step_trains_on_pgd_examples(tmp_path):
     assert losses and all(np.isfinite(losses))
     assert s["steps"] == 2
     # The adversarial examples are what the step trains on: with eps = 0 the step equals
-    # plain online training on the same batches.
-    c0 = tiny_config(num_train_steps=2, **{"adv.enabled": True, "adv.eps": 1e-12, "adv.steps": 1})
-    plain = tiny_config(num_train_steps=2, augment=False, **{"me.mode": "online"})
+    # plain online training on the same batches (at p = 1, where the fresh masks of the final
+    # reconstruction and the S' masks of plain training are the same all-ones mask).
+    p1 = {"me.p_start": 1.0, "me.p_end": 1.0}
+    c0 = tiny_config(
+        num_train_steps=2, **{"adv.enabled": True, "adv.eps": 1e-12, "adv.steps": 1, **p1}
+    )
+    plain = tiny_config(num_train_steps=2, augment=False, **{"me.mode": "online", **p1})
     train.train_and_evaluate(c0, str(tmp_path / "eps0"))
     train.train_and_evaluate(plain, str(tmp_path / "plain"))
     jax.tree.map(
@@ -298,6 +302,38 @@ def test_adversarial_training_step_trains_on_pgd_examples(tmp_path):
         params_of(tmp_path / "eps0"),
         params_of(tmp_path / "plain"),
     )
+
+
+def test_adversarial_training_draws_a_fresh_final_mask_every_epoch(tmp_path, monkeypatch):
+    """The final reconstruction of (image, copy) gets a new mask each time it is trained on,
+    as in the authors' code; the S' mask of (image, copy) would repeat every epoch."""
+    c = tiny_config()
+    per_epoch = state.steps_per_epoch(c, c.num_train_examples)
+    image, copy = jnp.array([5, 5]), jnp.array([1, 1])
+    shape = (28, 28, 1)
+    step = 3
+    epoch0 = train.final_masks(c.me, c.seed, step, image, copy, shape)
+    epoch1 = train.final_masks(c.me, c.seed, step + per_epoch, image, copy, shape)
+    assert np.array_equal(epoch0[0], epoch0[1])  # a function of (step, image, copy)
+    assert not np.array_equal(epoch0[0], epoch1[0])
+    again = train.final_masks(c.me, c.seed, step, image, copy, shape)
+    assert np.array_equal(epoch0, again)  # reproducible: a resumed run repeats it
+    sprime_key = rng.example_keys(c.seed, image, copy)[0]
+    p = float(defense.training_ps(c.me)[1])
+    s_mask = me.sample_mask(sprime_key, shape, p, channels=c.me.channels)
+    assert not np.array_equal(epoch0[0], s_mask) and not np.array_equal(epoch1[0], s_mask)
+    # The train step draws its final masks here (traced once), with the attack's BatchNorm in
+    # train mode too.
+    calls, real = [], train.final_masks
+
+    def spy(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(train, "final_masks", spy)
+    adv = {"adv.enabled": True, "adv.steps": 1, "adv.attack_bn": "train"}
+    s = train.train_and_evaluate(tiny_config(num_train_steps=2, **adv), str(tmp_path))
+    assert s["steps"] == 2 and len(calls) == 1
 
 
 def test_eval_settings_are_validated_before_training(tmp_path):

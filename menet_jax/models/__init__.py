@@ -50,6 +50,7 @@ def create_model(
     input_shape: Sequence[int],
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    width: int | None = None,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """Builds a registered model.
@@ -60,16 +61,23 @@ def create_model(
       input_shape: image shape (H, W, C).
       mean: per-channel mean, normalising inputs inside the model; None for none.
       std: per-channel standard deviation (> 0); None when `mean` is None.
+      width: resnet18 only: channels of the first stage (the others 2x, 4x, 8x); None: 64.
       rngs: random streams for parameter initialisation.
 
     Returns:
       The model, in training mode (call `.eval()` for inference).
 
     Raises:
-      ValueError: on an unknown name or bad `num_classes`, `input_shape`, `mean` or `std`.
+      ValueError: on an unknown name or bad `num_classes`, `input_shape`, `mean`, `std` or
+        `width`.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}.")
+    extra = {}
+    if width is not None:
+        if name != "resnet18" or isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width applies to resnet18 only (a positive int); got {width!r}.")
+        extra["widths"] = (width, 2 * width, 4 * width, 8 * width)
     return MODELS[name](
-        num_classes=num_classes, input_shape=input_shape, mean=mean, std=std, rngs=rngs
+        num_classes=num_classes, input_shape=input_shape, mean=mean, std=std, rngs=rngs, **extra
     )

@@ -191,7 +191,17 @@ def model_key(config) -> dict:
         d["me"] = {"method": "none"}
     if not d["adv"]["enabled"]:
         d["adv"] = {"enabled": False}
+    # Keys of config schema 4, dropped at their defaults so that models cached before keep
+    # their hashes.
+    for key, default in _V4_DEFAULTS.items():
+        if key in d and d[key] == default:
+            del d[key]
+    if d["adv"].get("attack_bn") == "eval":
+        del d["adv"]["attack_bn"]
     return d
+
+
+_V4_DEFAULTS = {"model_width": 64, "model_mean": None, "model_std": None}
 
 
 def model_hash(config) -> str:
