@@ -21,6 +21,7 @@ import pytest
 
 from menet_jax import checkpoint, convert, me, torch_pickle
 from menet_jax.config import load_config
+from tests.test_evaluate import shrink_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "data", "torch_fixtures")
@@ -187,18 +188,8 @@ def test_eval_runs_the_default_rows_on_a_converted_workdir(converted, monkeypatc
         input_pipeline, "load_split", lambda name, split, **kw: digits_as((32, 32, 3), split)
     )
     workdir, _ = converted["legacy_dp.ckpt"]
-    c = authors_config("authors_p05_adv,tramer")
     n = 4
-    c.eval_batch_size = n
-    ev = c.eval
-    ev.num_examples, ev.eval_keys, ev.pgd.steps, ev.pgd.long_steps = n, 2, (2,), 2
-    for kind in ("spsa", "boundary", "vote", "sanity"):
-        ev[kind].examples = n
-    ev.pgd.long_examples = n
-    ev.eot.samples, ev.eot.steps = 2, 2
-    ev.spsa.steps, ev.spsa.samples = 1, 4
-    ev.boundary.steps, ev.boundary.proposals, c.me.votes = 2, 2, 2
-    ev.apgd.steps, ev.apgd.eot_samples, ev.transfer.cw_l2_steps, ev.vote.steps = 2, 2, 2, 2
+    c = shrink_eval(authors_config("authors_p05_adv,tramer"), n, s=2)
     report = evaluation.evaluate(c, workdir)
     assert report["headline"]["n"] == n and 0 <= report["headline"]["accuracy"] <= 1
     assert {"pgd_2", "bpda_eot", "apgd_ce"} <= set(report["attacks"])

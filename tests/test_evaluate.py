@@ -17,19 +17,23 @@ from tests.test_train import tiny_config
 N = 16  # every row runs on the same 16 examples, so one compile per attack
 
 
-def eval_config(**overrides):
-    c = tiny_config(**overrides)
-    c.eval_batch_size = N
+def shrink_eval(c, n, s=3):
+    """Every row of c's evaluation on the same n examples at budgets of about s steps."""
+    c.eval_batch_size = n
     ev = c.eval
-    ev.num_examples, ev.eval_keys, ev.pgd.steps, ev.pgd.long_steps = N, 3, (3,), 5
+    ev.num_examples, ev.eval_keys, ev.pgd.steps, ev.pgd.long_steps = n, 3, (s,), s + 2
     for kind in ("spsa", "boundary", "vote", "sanity"):
-        ev[kind].examples = N
-    ev.pgd.long_examples = N
-    ev.eot.samples, ev.eot.steps = 2, 3
+        ev[kind].examples = n
+    ev.pgd.long_examples = n
+    ev.eot.samples, ev.eot.steps = 2, s
     ev.spsa.steps, ev.spsa.samples = 2, 8
-    ev.boundary.steps, ev.boundary.proposals, c.me.votes = 5, 3, 3
-    ev.apgd.steps, ev.apgd.eot_samples, ev.transfer.cw_l2_steps, ev.vote.steps = 4, 2, 3, 3
+    ev.boundary.steps, ev.boundary.proposals, c.me.votes = s + 2, 3, 3
+    ev.apgd.steps, ev.apgd.eot_samples, ev.transfer.cw_l2_steps, ev.vote.steps = s + 1, 2, s, s
     return c
+
+
+def eval_config(**overrides):
+    return shrink_eval(tiny_config(**overrides), N)
 
 
 @pytest.fixture(scope="module")
