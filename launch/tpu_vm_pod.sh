@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train ME-Net on a Cloud TPU VM pod slice: every host runs the same command; jax.distributed
-# joins them (menet_jax.main calls jax.distributed.initialize() when TPU_WORKER_HOSTNAMES is set)
-# and the global batch is split over every core of every host.
+# joins them (menet_jax.main calls jax.distributed.initialize() when jax detects the pod; a host
+# that cannot join ends with one line) and the global batch is split over every core of every host.
 #
 #   TPU=my-v4-32 ZONE=us-central2-b CONFIG=configs/cifar10.py WORKDIR=gs://bucket/menet \
 #     DATA_DIR=gs://bucket/tfds bash launch/tpu_vm_pod.sh

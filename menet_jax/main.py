@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from menet_jax.cli import parse_flags
+from menet_jax.cli import fail, parse_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
@@ -53,6 +53,7 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    from menet_jax.cluster import ClusterError
     from menet_jax.train import TrainingDivergedError
 
     try:
@@ -64,27 +65,25 @@ def main(argv):
         )
         return 130
     # ConfigError, CheckpointError and DatasetNotPreparedError are ValueErrors.
-    except (ValueError, FileNotFoundError, TrainingDivergedError) as e:
+    except (ValueError, FileNotFoundError, TrainingDivergedError, ClusterError) as e:
         if os.environ.get("MENET_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(str(e))
     return 0
 
 
-def _maybe_distributed() -> None:
-    # On a multi-host TPU/GPU pod every process must join before any jax call.
-    import os
+def entry() -> None:
+    """`python -m menet_jax.main`: joins the cluster job the environment names, then runs."""
+    from menet_jax import cluster
 
-    if any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "JAX_COORDINATOR")):
-        import jax
-
-        try:
-            jax.distributed.initialize()
-        except (RuntimeError, ValueError) as e:
-            print(f"note: jax.distributed.initialize() skipped ({e})", file=sys.stderr)
+    try:
+        if cluster.needs_supervisor():  # jax ends a failed join from C++: watch from outside
+            sys.exit(cluster.supervise("menet_jax.main", sys.argv[1:]))
+        cluster.join()  # every process of a pod or cluster job joins before any jax call
+    except cluster.ClusterError as e:
+        sys.exit(fail(str(e)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-    _maybe_distributed()
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+    entry()

@@ -105,7 +105,9 @@ def build(config: ml_collections.ConfigDict, train_images: np.ndarray, workdir: 
     """Builds (or reuses, or finishes) the cached S' [n*M,H,W,C] uint8 in WORKDIR/sprime/.
 
     The build is written chunk by chunk into a memory-mapped file with a progress record, so a
-    build that was killed goes on where it stopped.
+    build that was killed goes on where it stopped. In a run of many processes, process 0 alone
+    writes the folder's file while the others wait; a process that cannot see process 0's files
+    (its folder is on a disk of its own host) builds its own copy there (`_build_many`).
 
     Args:
       config: the run's config.
@@ -120,11 +122,57 @@ def build(config: ml_collections.ConfigDict, train_images: np.ndarray, workdir: 
     folder = os.path.join(workdir, "sprime")
     os.makedirs(folder, exist_ok=True)
     final = os.path.join(folder, f"sprime-{fingerprint(config, num_train)}.npy")
+    if jax.process_count() == 1:
+        return _build_file(config, train_images, final, shape)
+    return _build_many(config, train_images, final, shape)
+
+
+# How long the other processes wait for process 0's S' (the build of a large S' takes hours).
+BUILD_WAIT_S = 7 * 24 * 3600
+
+
+def _build_many(config, train_images: np.ndarray, final: str, shape: tuple) -> np.ndarray:
+    """S' in a run of many processes: one writer per file, every process at the same barriers.
+
+    Process 0 writes a marker named by a fresh nonce it shares; a process that sees the marker
+    shares process 0's folder and waits for its file, one that does not builds its own (under a
+    partial name of its own, renamed atomically, so two such processes on one host never write
+    one file). Every process meets the same two barriers whatever it found.
+    """
+    import uuid
+
+    from menet_jax import cluster
+
+    me_index = jax.process_index()
+    nonce = cluster.share("sprime-nonce", uuid.uuid4().hex)
+    marker = os.path.join(os.path.dirname(final), f".shared-{nonce}")
+    if me_index == 0:
+        with open(marker, "w") as f:
+            f.write("S' is written by process 0\n")
+    cluster.barrier("sprime-probe")
+    shares_folder = os.path.exists(marker)
+    if me_index == 0 or not shares_folder:
+        _build_file(config, train_images, final, shape, writer=me_index)
+    cluster.barrier("sprime-built", timeout_s=BUILD_WAIT_S)
+    if me_index == 0:
+        os.remove(marker)
+    arr = np.load(final, mmap_mode="r")
+    if arr.shape != shape:
+        raise ValueError(f"{final} holds S' of shape {arr.shape}, not {shape}; delete it")
+    return arr
+
+
+def _build_file(
+    config, train_images: np.ndarray, final: str, shape: tuple, *, writer: int = 0
+) -> np.ndarray:
+    """Builds S' into `final` (resuming its partial file), or reuses a finished one."""
+    n = state.num_copies(config)
     if os.path.exists(final):
         arr = np.load(final, mmap_mode="r")
         if arr.shape == shape:
             return arr
-    partial, progress = final + ".partial", final + ".progress"
+    suffix = "" if writer == 0 else f"-p{writer}"  # one partial file per writer
+    partial, progress = final + ".partial" + suffix, final + ".progress" + suffix
     done = 0
     if os.path.exists(partial) and os.path.exists(progress):
         with open(progress) as f:
