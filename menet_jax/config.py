@@ -240,6 +240,14 @@ ME: dict[str, Key] = {
     "build_batch_size": Key(
         1024, POSITIVE_INT, positive_int, "offline: images reconstructed per device call"
     ),
+    "sprime_dir": Key(
+        None,
+        "a local folder or None",
+        optional(lambda v: isinstance(v, str) and v != "" and "://" not in v),
+        "offline: the folder of the cached S' (a memory map, so on a local disk); None: "
+        "WORKDIR/sprime, or for a gs:// workdir $MENET_CACHE/sprime (default ~/.cache/menet_jax)",
+        str,
+    ),
     "inference_p": Key(
         None,
         "in (0, 1] or None",
