@@ -59,27 +59,11 @@ def isdir(p: PathLike) -> bool:
     return os.path.isdir(p) if not is_remote(p) else path(p).is_dir()
 
 
-def isfile(p: PathLike) -> bool:
-    """True for a file (a remote object)."""
-    return os.path.isfile(p) if not is_remote(p) else path(p).is_file()
-
-
 def makedirs(p: PathLike) -> None:
     """Creates the folder and its parents if missing (a remote prefix needs none)."""
     if is_remote(p):
         return  # a bucket has no folders: an object's name creates its prefixes
     os.makedirs(p, exist_ok=True)
-
-
-def listdir(p: PathLike) -> list[str]:
-    """The names in a folder, sorted."""
-    return sorted(os.listdir(p) if not is_remote(p) else (c.name for c in path(p).iterdir()))
-
-
-def remove(p: PathLike) -> None:
-    """Deletes a file if it exists."""
-    if exists(p):
-        path(p).unlink()
 
 
 def rmtree(p: PathLike) -> None:
