@@ -10,7 +10,6 @@ restores only the model's entry of the latest (or a given) step and returns a re
 from __future__ import annotations
 
 import contextlib
-import os
 
 import jax
 import ml_collections
@@ -18,7 +17,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from menet_jax import config as config_lib
-from menet_jax import defense, input_pipeline, state
+from menet_jax import defense, input_pipeline, paths, state
 from menet_jax.config import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -38,8 +37,9 @@ def manager(workdir: str, *, keep: int = 3, read_only: bool = False) -> ocp.Chec
         read_only=read_only,
         cleanup_tmp_directories=not read_only,
     )
+    # Orbax opens the folder through epath: a gs:// path stays a URL (never abspath'ed).
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
+        paths.path(paths.abspath(paths.join(workdir, "checkpoints"))), options=options
     )
 
 
@@ -92,8 +92,8 @@ def restore_latest(
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes WORKDIR/config.json; refuses a workdir that holds a run of another model/dataset."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
+    path = paths.join(workdir, CONFIG_FILE)
+    if paths.exists(path):
         old = read_config(workdir)
         for key in _IDENTITY_KEYS:
             if old[key] != config[key]:
@@ -102,20 +102,16 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                     "use a new --workdir"
                 )
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(config_lib.to_json(config))
-        os.replace(tmp, path)
+        paths.write_text(path, config_lib.to_json(config))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir's run was made with (upgraded to the current schema)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.join(workdir, CONFIG_FILE)
+    if not paths.exists(path):
         raise CheckpointError(f"{path} does not exist; is {workdir!r} a menet-jax workdir?")
     try:
-        with open(path, encoding="utf-8") as f:
-            return config_lib.from_json(f.read(), source=path)
+        return config_lib.from_json(paths.read_text(path), source=path)
     except (ConfigError, UnicodeDecodeError) as e:
         raise CheckpointError(str(e)) from None
 
@@ -129,7 +125,7 @@ def restore_model(mngr: ocp.CheckpointManager, model: nnx.Module, step: int) -> 
         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True,
     )
-    path = os.path.join(str(mngr.directory), str(step), "default")
+    path = paths.path(mngr.directory) / str(step) / "default"
     with _readable(mngr, step):
         restored = ocp.PyTreeCheckpointer().restore(path, args=args)
     nnx.replace_by_pure_dict(model_state, restored[0])
@@ -148,8 +144,8 @@ def load(workdir: str, *, step: int | None = None) -> defense.DefendedClassifier
       `.defended(x, key, *, bpda=False, votes=0)`.
     """
     config = read_config(workdir)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = paths.join(workdir, "checkpoints")
+    if not paths.isdir(ckpt_dir):
         raise CheckpointError(f"no checkpoints in {ckpt_dir}; train first (--mode=train)")
     mngr = manager(workdir, read_only=True)
     step = _resolve_step(mngr, step)

@@ -10,7 +10,8 @@ the key, the value and what is allowed; `main` prints it on one line and exits n
 A run's config is stored in WORKDIR/config.json as `{"schema_version": N, "config": {...}}`
 (`to_json` / `from_json`); a config.json of an older schema is upgraded on reading (`upgrade_v1`:
 written before schema versions existed; `upgrade_v2`: flat evaluation keys; `upgrade_v3`: before
-`model_width`, `model_mean` / `model_std` and `adv.attack_bn`).
+`model_width`, `model_mean` / `model_std` and `adv.attack_bn`). A key whose default keeps an older
+file's meaning (`me.sprime_dir`, where S' is cached) is filled in without a new version.
 """
 
 from __future__ import annotations
@@ -240,6 +241,14 @@ ME: dict[str, Key] = {
     "build_batch_size": Key(
         1024, POSITIVE_INT, positive_int, "offline: images reconstructed per device call"
     ),
+    "sprime_dir": Key(
+        None,
+        "a local folder or None",
+        optional(lambda v: isinstance(v, str) and v != "" and "://" not in v),
+        "offline: the folder of the cached S' (a memory map, so on a local disk); None: "
+        "WORKDIR/sprime, or for a gs:// workdir $MENET_CACHE/sprime (default ~/.cache/menet_jax)",
+        str,
+    ),
     "inference_p": Key(
         None,
         "in (0, 1] or None",
@@ -414,6 +423,9 @@ def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
             f"{source} has config schema version {version!r}, newer than this menet-jax "
             f"understands ({SCHEMA_VERSION}); upgrade menet-jax to read it"
         )
+    # Keys added within a schema version, whose default keeps what an older file meant.
+    if isinstance(data.get("me"), dict):
+        data["me"].setdefault("sprime_dir", None)
     return ml_collections.ConfigDict(data)
 
 

@@ -198,13 +198,13 @@ def convert(torch_path: str, config: ml_collections.ConfigDict, workdir: str) ->
     import jax
     from flax import nnx
 
-    from menet_jax import checkpoint, input_pipeline, state
+    from menet_jax import checkpoint, input_pipeline, paths, state
     from menet_jax.config import validate
 
     validate(config)
     if config.model != "resnet18":
         raise ConvertError(f"config.model={config.model!r}: only resnet18 checkpoints convert")
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if paths.isdir(paths.join(workdir, "checkpoints")):
         raise ConvertError(f"{workdir} already holds checkpoints; use a new --workdir")
     flat, info = state_dict(torch_pickle.load(torch_path))
     model = state.create_model(config, input_pipeline.get_info(config.dataset))
@@ -214,7 +214,7 @@ def convert(torch_path: str, config: ml_collections.ConfigDict, workdir: str) ->
     nnx.replace_by_pure_dict(model_state, jax.tree.map(jax.numpy.asarray, pure))
     nnx.update(model, model_state)
     optimizer = state.create_optimizer(model, config, num_train=1)  # momentum buffers: zero
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     checkpoint.write_config(workdir, config)
     mngr = checkpoint.manager(workdir, keep=int(config.keep_checkpoints))
     checkpoint.save(mngr, 0, nnx.state((model, optimizer)))
@@ -231,8 +231,7 @@ def convert(torch_path: str, config: ml_collections.ConfigDict, workdir: str) ->
         "model_width": int(config.model_width),
         "normalisation": {"mean": _listed(config.model_mean), "std": _listed(config.model_std)},
     }
-    with open(os.path.join(workdir, PROVENANCE_FILE), "w") as f:
-        json.dump(provenance, f, indent=2)
+    paths.write_text(paths.join(workdir, PROVENANCE_FILE), json.dumps(provenance, indent=2))
     return provenance
 
 

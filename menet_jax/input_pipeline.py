@@ -21,14 +21,17 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import io
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from etils import epath
+
+from menet_jax import paths
 
 SPLITS = ("train", "test")
 
@@ -172,10 +175,11 @@ def _check_arrays(info: DatasetInfo, split: str, images: np.ndarray, labels: np.
         )
 
 
-def _default_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
+def _default_data_dir(data_dir: str | os.PathLike | None) -> epath.Path:
+    """The data dir, local or in a bucket (`menet_jax.paths`: never pathlib for gs://)."""
     if data_dir is None:
         data_dir = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-    return pathlib.Path(data_dir).expanduser()
+    return paths.path(data_dir).expanduser()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +219,7 @@ def _load_tfds(
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _tfds_not_prepared_message(tfds_name: str, root: pathlib.Path) -> str:
+def _tfds_not_prepared_message(tfds_name: str, root: epath.Path) -> str:
     builder = tfds.builder(tfds_name, data_dir=str(root))
     prepare = (
         'on a machine with internet and TensorFlow (e.g. Colab) run `python -c "import '
@@ -241,7 +245,7 @@ def _tfds_not_prepared_message(tfds_name: str, root: pathlib.Path) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _find_tiny_imagenet(data_dir: str | os.PathLike | None) -> pathlib.Path:
+def _find_tiny_imagenet(data_dir: str | os.PathLike | None) -> epath.Path:
     root = _default_data_dir(data_dir)
     candidates = (root, root / _TINY_DIRNAME)
     for candidate in candidates:
@@ -254,11 +258,11 @@ def _find_tiny_imagenet(data_dir: str | os.PathLike | None) -> pathlib.Path:
     )
 
 
-def _tiny_imagenet_files(folder: pathlib.Path, split: str) -> tuple[list[pathlib.Path], np.ndarray]:
+def _tiny_imagenet_files(folder: epath.Path, split: str) -> tuple[list[epath.Path], np.ndarray]:
     """Lists the JPEG files of a split and their labels (position of the wnid in sorted wnids)."""
     wnids = sorted(w for w in (folder / "wnids.txt").read_text().split() if w)
     index = {w: i for i, w in enumerate(wnids)}
-    files: list[pathlib.Path] = []
+    files: list[epath.Path] = []
     labels: list[int] = []
     if split == "train":
         for wnid in wnids:
@@ -285,10 +289,10 @@ def _tiny_imagenet_files(folder: pathlib.Path, split: str) -> tuple[list[pathlib
     return files, np.asarray(labels, np.int32)
 
 
-def _read_rgb(path: pathlib.Path) -> np.ndarray:
+def _read_rgb(path: epath.Path) -> np.ndarray:
     from PIL import Image  # pillow comes with matplotlib; imported here as only this needs it
 
-    with Image.open(path) as image:
+    with path.open("rb") as f, Image.open(f) as image:
         return np.asarray(image.convert("RGB"), np.uint8)  # some JPEGs are grayscale
 
 
@@ -299,7 +303,7 @@ def _load_tiny_imagenet(
     cache = folder / _TINY_CACHE_DIRNAME
     images_path, labels_path = cache / f"{split}_images.npy", cache / f"{split}_labels.npy"
     if images_path.is_file() and labels_path.is_file():
-        return np.load(images_path), np.load(labels_path)
+        return paths.load_npy(images_path), paths.load_npy(labels_path)
 
     files, labels = _tiny_imagenet_files(folder, split)
     shape = DATASETS["tiny_imagenet"].image_shape
@@ -321,8 +325,16 @@ def _load_tiny_imagenet(
     return images, labels
 
 
-def _save_cache(path: pathlib.Path, array: np.ndarray) -> None:
+def _save_cache(path: epath.Path, array: np.ndarray) -> None:
     """Writes ``array`` to ``path`` atomically; a read-only data folder just skips the cache."""
+    if paths.is_remote(path):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        try:
+            paths.write_bytes(path, buf.getvalue())
+        except Exception as e:  # gcsfs raises its own HttpError on a read-only bucket
+            print(f"input_pipeline: not caching {path} ({e}); the next load decodes again.")
+        return
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

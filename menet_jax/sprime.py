@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from menet_jax import defense, input_pipeline, me, monitor, rng, state
+from menet_jax import defense, input_pipeline, me, monitor, paths, rng, state
 
 FORMAT = 2  # bump when the meaning of a cached entry changes
 # `me` keys that do not change what S' holds.
-_NOT_IN_FINGERPRINT = ("mode", "votes", "inference_p")
+_NOT_IN_FINGERPRINT = ("mode", "votes", "inference_p", "sprime_dir")
 
 
 def quantize(images: jax.Array) -> jax.Array:
@@ -101,8 +101,21 @@ def fingerprint(config: ml_collections.ConfigDict, num_train: int) -> str:
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def folder(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The local folder of the cached S': config.me.sprime_dir if set, else WORKDIR/sprime for a
+    local workdir, else $MENET_CACHE/sprime (default ~/.cache/menet_jax/sprime) for a remote one
+    (a memory map cannot live in a bucket; the file name's fingerprint keeps runs apart)."""
+    chosen = config.me.get("sprime_dir")  # absent from config.json files written before the key
+    if chosen:
+        return os.path.expanduser(chosen)
+    if not paths.is_remote(workdir):
+        return os.path.join(workdir, "sprime")
+    cache = os.environ.get("MENET_CACHE") or os.path.join("~", ".cache", "menet_jax")
+    return os.path.join(os.path.expanduser(cache), "sprime")
+
+
 def build(config: ml_collections.ConfigDict, train_images: np.ndarray, workdir: str) -> np.ndarray:
-    """Builds (or reuses, or finishes) the cached S' [n*M,H,W,C] uint8 in WORKDIR/sprime/.
+    """Builds (or reuses, or finishes) the cached S' [n*M,H,W,C] uint8 in `folder(config, workdir)`.
 
     The build is written chunk by chunk into a memory-mapped file with a progress record, so a
     build that was killed goes on where it stopped. In a run of many processes, process 0 alone
@@ -119,9 +132,9 @@ def build(config: ml_collections.ConfigDict, train_images: np.ndarray, workdir: 
     """
     n, num_train = state.num_copies(config), len(train_images)
     shape = (n * num_train, *train_images.shape[1:])
-    folder = os.path.join(workdir, "sprime")
-    os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, f"sprime-{fingerprint(config, num_train)}.npy")
+    directory = folder(config, workdir)
+    os.makedirs(directory, exist_ok=True)
+    final = os.path.join(directory, f"sprime-{fingerprint(config, num_train)}.npy")
     if jax.process_count() == 1:
         return _build_file(config, train_images, final, shape)
     return _build_many(config, train_images, final, shape)

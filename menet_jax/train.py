@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import jax
@@ -29,7 +28,18 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from menet_jax import attacks, checkpoint, defense, input_pipeline, me, monitor, rng, sprime, state
+from menet_jax import (
+    attacks,
+    checkpoint,
+    defense,
+    input_pipeline,
+    me,
+    monitor,
+    paths,
+    rng,
+    sprime,
+    state,
+)
 from menet_jax.config import ConfigError, validate
 from menet_jax.evaluation.settings import validate_eval
 
@@ -251,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     validate(config)
     validate_eval(config.eval)
     _check_devices(config)
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     checkpoint.write_config(workdir, config)
     t_start = time.time()
     data = load_data(config)
@@ -332,8 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write(num_steps, {k: v for k, v in results.items()})
     writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        text = json.dumps(summary, indent=2, default=str)
+        paths.write_text(paths.join(workdir, "summary.json"), text)
     return summary
 
 

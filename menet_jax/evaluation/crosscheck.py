@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax import attacks, checkpoint, input_pipeline, rng
+from menet_jax import attacks, checkpoint, input_pipeline, paths, rng
 from menet_jax.evaluation import protocol, report, suite
 from menet_jax.evaluation.rows import Row
 from menet_jax.evaluation.target import Target
@@ -78,14 +77,13 @@ def momentum_attack(logits_fn, x, y, key, *, eps, steps, eot, loss):
 
 def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda",)) -> dict:
     """Runs the cross-check on WORKDIR (after `--mode=eval`); returns what it writes."""
-    report_path = os.path.join(workdir, "results.json")
-    if not os.path.exists(report_path):
+    report_path = paths.join(workdir, "results.json")
+    if not paths.exists(report_path):
         raise FileNotFoundError(f"{report_path} does not exist; run --mode=eval first")
-    with open(report_path) as f:
-        results = json.load(f)
+    results = json.loads(paths.read_text(report_path))
     if results.get("schema_version") not in (2, report.RESULTS_SCHEMA_VERSION):
         raise ValueError(f"{report_path} is from another results schema; re-run --mode=eval")
-    stored = np.load(os.path.join(workdir, "results.npz"))
+    stored = paths.load_npz(paths.join(workdir, "results.npz"))
     head, R = results["headline"], int(results["eval_keys"])
     n = head["n"]
     eps = next(float(a["params"]["eps"]) for a in results["attacks"].values() if a["in_headline"])
@@ -135,8 +133,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
         "decided_by_after": decided,
         "seconds": seconds,
     }
-    with open(os.path.join(workdir, "crosscheck.json"), "w") as f:
-        json.dump(out, f, indent=2)
+    paths.write_text(paths.join(workdir, "crosscheck.json"), json.dumps(out, indent=2))
     return out
 
 

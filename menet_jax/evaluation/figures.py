@@ -12,13 +12,15 @@ interval, and the headline is the per-example worst case over the counted rows (
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 import time
 from collections import Counter
 
 import numpy as np
+
+from menet_jax import monitor, paths
 
 DEFAULT_NUM_CLASSES = 10
 SWEEP_PREFIX = "sweep_eps_x"
@@ -184,7 +186,7 @@ def plot_accuracy_vs_eps(report: dict, path: str) -> bool:
     ax.set_title(_title(report, "Robust accuracy vs eps"), fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    paths.savefig(fig, path, dpi=120)
     plt.close(fig)
     return True
 
@@ -243,22 +245,22 @@ def plot_rows(report: dict, path: str) -> None:
         handles.insert(2, line)
     fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=4)
     ax.set_title(_title(report, "Accuracy per row"), fontsize=10)
-    fig.savefig(path, dpi=120)
+    paths.savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
 def write_figures(report: dict, outdir: str) -> list[str]:
     """Writes the report's PNGs into outdir (created if missing) and returns their paths:
     accuracy_vs_eps.png (only with at least 2 sweep points) and rows.png."""
-    os.makedirs(outdir, exist_ok=True)
-    paths = []
-    sweep = os.path.join(outdir, "accuracy_vs_eps.png")
+    paths.makedirs(outdir)
+    written = []
+    sweep = paths.join(outdir, "accuracy_vs_eps.png")
     if plot_accuracy_vs_eps(report, sweep):
-        paths.append(sweep)
-    table = os.path.join(outdir, "rows.png")
+        written.append(sweep)
+    table = paths.join(outdir, "rows.png")
     plot_rows(report, table)
-    paths.append(table)
-    return paths
+    written.append(table)
+    return written
 
 
 def eval_scalars(report: dict) -> dict[str, float]:
@@ -276,7 +278,7 @@ def _read_rgb(path: str) -> np.ndarray:
     """A PNG as [H, W, 3] uint8."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(paths.read_bytes(path))) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
@@ -288,20 +290,17 @@ def log_to_tensorboard(report: dict, workdir: str, png_paths: list[str]) -> None
     with the step, the time and the same scalars is appended to WORKDIR/eval_metrics.jsonl.
     Call it on process 0 only, as the suite writes results.json.
     """
-    from tensorboardX import SummaryWriter
-
     step = int(report.get("step") or 0)
     scalars = eval_scalars(report)
-    tb = SummaryWriter(os.path.join(workdir, "tensorboard"), filename_suffix=".eval")
+    tb = monitor.EventFiles(paths.join(workdir, "tensorboard"), filename_suffix=".eval")
     try:
         for tag, value in scalars.items():
-            tb.add_scalar(tag, value, step)
+            tb.writer.add_scalar(tag, value, step)
         for path in png_paths:
-            tag = "eval/" + os.path.splitext(os.path.basename(path))[0]
-            tb.add_image(tag, _read_rgb(path), step, dataformats="HWC")
-        tb.flush()
+            tag = "eval/" + os.path.splitext(paths.basename(path))[0]
+            tb.writer.add_image(tag, _read_rgb(path), step, dataformats="HWC")
     finally:
         tb.close()
-    record = {"step": step, "time": round(time.time(), 3), **scalars}
-    with open(os.path.join(workdir, "eval_metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    lines = monitor.JsonLines(paths.join(workdir, "eval_metrics.jsonl"))
+    lines.write({"step": step, "time": round(time.time(), 3), **scalars})
+    lines.close()

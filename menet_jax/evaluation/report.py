@@ -9,10 +9,10 @@ draws under `draws/<row>` and the adversarial examples of the rows that decided 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
+from menet_jax import paths
 from menet_jax.evaluation import checks, protocol
 
 # 2: expected single-mask accuracy, `headline`, results.npz; 3: rows carry their `role`,
@@ -118,8 +118,7 @@ def write_markdown(report: dict, path: str) -> None:
     if "runtime_checks" in b:
         z = b["runtime_checks"]
         lines.append(f"| runtime checks | {z['examples']} | | | {z['seconds']:.1f} |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    paths.write_text(path, "\n".join(lines) + "\n")
 
 
 def _counted(plan, results, R: int, what: str = "correct") -> dict:
@@ -236,13 +235,8 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
 
 
 def write(out: dict, arrays: dict, workdir: str) -> None:
-    """Writes results.json, results.npz and results.md into WORKDIR (each file whole or not at
-    all: written to a temporary name, then renamed)."""
-    path = os.path.join(workdir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(path + ".tmp", path)
-    tmp = os.path.join(workdir, "results.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, os.path.join(workdir, "results.npz"))
-    write_markdown(out, os.path.join(workdir, "results.md"))
+    """Writes results.json, results.npz and results.md into WORKDIR, local or in a bucket (each
+    file whole or not at all: `menet_jax.paths`)."""
+    paths.write_text(paths.join(workdir, "results.json"), json.dumps(out, indent=2))
+    paths.save_npz(paths.join(workdir, "results.npz"), compressed=True, **arrays)
+    write_markdown(out, paths.join(workdir, "results.md"))

@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 
@@ -36,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from menet_jax import attacks, checkpoint, input_pipeline, monitor, rng
+from menet_jax import attacks, checkpoint, input_pipeline, monitor, paths, rng
 from menet_jax.evaluation import figures, protocol, report
 from menet_jax.evaluation.rows import KINDS, Plan, Row
 from menet_jax.evaluation.settings import parse_attacks, validate_eval
@@ -128,7 +126,7 @@ def _runtime_checks(model: Target, data, keys, batch_size: int) -> dict:
 
 
 def _load_source(source_workdir: str, run_config, *, votes: int, top5: bool) -> Target:
-    if not os.path.isdir(source_workdir):
+    if not paths.isdir(source_workdir):
         raise ValueError(
             f"config.eval.transfer.source_workdir={source_workdir!r} is not a directory"
         )
@@ -165,33 +163,32 @@ class _Store:
     """Finished rows in WORKDIR/eval_partial/, valid while the fingerprint matches."""
 
     def __init__(self, workdir: str, fingerprint: dict):
-        self.dir = os.path.join(workdir, "eval_partial")
+        self.dir = paths.join(workdir, "eval_partial")
         text = json.dumps(fingerprint, sort_keys=True, default=str)
         self.digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.writer = jax.process_index() == 0
-        stamp = os.path.join(self.dir, "fingerprint.txt")
-        if os.path.isdir(self.dir):
-            old = open(stamp).read().strip() if os.path.exists(stamp) else ""
+        stamp = paths.join(self.dir, "fingerprint.txt")
+        if paths.isdir(self.dir):
+            old = paths.read_text(stamp).strip() if paths.exists(stamp) else ""
             if old != self.digest and self.writer:
                 print("note: the finished rows in eval_partial/ were made with other settings; "
                       "starting over", file=sys.stderr)  # fmt: skip
-                shutil.rmtree(self.dir)
+                paths.rmtree(self.dir)
         if self.writer:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(stamp, "w") as f:
-                f.write(self.digest + "\n")
+            paths.makedirs(self.dir)
+            paths.write_text(stamp, self.digest + "\n")
 
     def _path(self, name: str) -> str:
-        return os.path.join(self.dir, f"{name}.npz")
+        return paths.join(self.dir, f"{name}.npz")
 
     def load(self, name: str) -> tuple[dict, float] | None:
         """A finished row's results and seconds, or None (not finished, or unreadable)."""
         try:
-            with np.load(self._path(name), allow_pickle=False) as z:
-                out = {k: z[k] for k in z.files if k not in ("extra", "seconds")}
-                out["extra"] = json.loads(str(z["extra"]))
-                seconds = float(z["seconds"])
-        except (OSError, ValueError, KeyError):
+            z = paths.load_npz(self._path(name))
+            out = {k: v for k, v in z.items() if k not in ("extra", "seconds")}
+            out["extra"] = json.loads(str(z["extra"]))
+            seconds = float(z["seconds"])
+        except (OSError, ValueError, KeyError):  # FileNotFoundError is an OSError
             return None
         if not out["extra"]:
             out.pop("extra")
@@ -202,13 +199,11 @@ class _Store:
             return
         arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
         extra = json.dumps(result.get("extra", {}))
-        tmp = self._path(name) + ".partial.npz"
-        np.savez(tmp, extra=np.array(extra), seconds=np.array(seconds), **arrays)
-        os.replace(tmp, self._path(name))
+        paths.save_npz(self._path(name), extra=np.array(extra), seconds=np.array(seconds), **arrays)
 
     def remove(self) -> None:
         if self.writer:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            paths.rmtree(self.dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +226,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ev = config.eval
     validate_eval(ev)
     groups = parse_attacks(ev.attacks)
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} does not exist; train a model there first")
     clf = checkpoint.load(workdir)
     run = clf.config
@@ -298,7 +293,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         plan, results, seconds, runtime=runtime, top5=top5, num_classes=clf.num_classes, R=R
     )
     out.update(
-        workdir=os.path.abspath(workdir),
+        workdir=paths.abspath(workdir),
         step=int(clf.step),
         dataset=run.dataset,
         model=run.model,

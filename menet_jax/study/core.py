@@ -45,6 +45,7 @@ from menet_jax.config import ConfigError
 NOT_TRAINING = (
     "progress_bar", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "eval_batch_size", "num_eval_examples", "me.votes", "me.inference_p", "me.build_batch_size",
+    "me.sprime_dir",
 )  # fmt: skip
 # Keys a point's evaluation depends on beside its model (`evaluation.evaluate` reads these).
 EVAL_KEYS = ("eval", "me.votes", "me.inference_p", "eval_batch_size")

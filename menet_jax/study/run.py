@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from menet_jax import paths
 from menet_jax.study import output
 from menet_jax.study.core import ensure_model, get_study, model_dir, plan, run_point
 
@@ -43,6 +44,11 @@ def run_study(
     from menet_jax.evaluation.settings import validate_eval
 
     study = get_study(name)
+    if paths.is_remote(workdir):
+        raise ValueError(
+            f"a study's workdir must be a local folder, not {workdir!r}: its points link their "
+            "models' checkpoints, which a bucket cannot hold; copy the folder to the bucket after"
+        )
     t0 = time.time()
     base, entries, models = plan(study, config, workdir, overrides)
     for e in entries:
