@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from menet_jax import checkpoint, evaluation, preemption, sprime, state, train
-from tests.test_evaluate import shrink_eval
+from menet_jax import checkpoint, preemption, sprime, state, train
 from tests.test_train import ROOT, tiny_config
 
 TIMEOUT = 240
@@ -42,22 +41,31 @@ def config_file(tmp_path, name: str, overrides: dict, *, eval_examples: int | No
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The runs' environment: one persistent compilation cache for all of them, so each program
+    is compiled once (a cached executable is the same program, so results are unchanged)."""
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
+
+
 def main_cmd(config: str, workdir, mode: str) -> list[str]:
     return [sys.executable, "-m", "menet_jax.main", f"--config={config}", f"--workdir={workdir}",
             f"--mode={mode}"]  # fmt: skip
 
 
-def run_to_end(cmd) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+def run_to_end(cmd, env) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
-def sigterm_midway(cmd, progress, *, least: int):
+def sigterm_midway(cmd, env, progress, *, least: int):
     """Runs cmd; once progress() >= least, pauses it, reads progress() again (stable while
     paused), sends SIGTERM and resumes it. Returns (exit code, stderr, progress when signalled)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, env=env)  # fmt: skip
     deadline = time.time() + TIMEOUT
     try:
         while True:
@@ -71,7 +79,7 @@ def sigterm_midway(cmd, progress, *, least: int):
                 if seen is not None:
                     break
                 proc.send_signal(signal.SIGCONT)  # caught mid-write: try again
-            time.sleep(0.02)
+            time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=TIMEOUT)
@@ -110,43 +118,81 @@ def test_watch_sets_a_flag_and_restores_the_previous_handler():
     assert preemption.EXIT_CODE == 143
 
 
-TRAIN = {"num_train_steps": 200, "checkpoint_every_steps": 1000, "log_every_steps": 1}
+# 128 S' chunks of 4 entries, then 24 steps; the checkpoint at step 1000 never comes.
+TRAIN = {"num_train_steps": 24, "checkpoint_every_steps": 1000, "log_every_steps": 1,
+         "me.build_batch_size": 4}  # fmt: skip
 
 
-def test_sigterm_during_training_saves_the_current_step_and_the_same_command_resumes(tmp_path):
-    cfg = config_file(tmp_path, "train", TRAIN)
+EVAL = {"eval.attacks": "fgsm,network_only"}  # rows clean, fgsm, network_only
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, env):
+    """The run never interrupted, with a checkpoint after every step, then its evaluation
+    (results.json); it compiles what the other runs load from the cache."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    steps = TRAIN["num_train_steps"]
+    every_step = {**TRAIN, **EVAL, "checkpoint_every_steps": 1, "keep_checkpoints": steps}
+    cfg = config_file(work, "every_step", every_step, eval_examples=16)
+    run_to_end(main_cmd(cfg, work, "train_and_eval"), env)
+    return work
+
+
+def test_sigterm_during_the_sprime_build_then_training_and_the_same_command_resumes(
+    tmp_path, env, uninterrupted
+):
+    """One command, preempted twice: in the S' build, then in training; then it finishes."""
+    c = tiny_config(**TRAIN)
     work = tmp_path / "preempted"
-    cmd = main_cmd(cfg, work, "train")
+    cmd = main_cmd(config_file(tmp_path, "train", TRAIN), work, "train")
 
+    # 1. In the S' build: it stops after the chunk in progress, its progress record written.
+    total = state.num_copies(c) * c.num_train_examples
+    final = work / "sprime" / f"sprime-{sprime.fingerprint(c, c.num_train_examples)}.npy"
+    progress_file = f"{final}.progress"
+
+    def built():
+        try:
+            return json.load(open(progress_file))["done"]
+        except (OSError, ValueError):
+            return None
+
+    rc, err, at = sigterm_midway(cmd, env, built, least=8)
+    assert rc == 143, err[-3000:]
+    line = one_line(err)
+    assert line.startswith("preempted during the S' build after ") and "resume" in line
+    done = built()
+    assert at <= done < total and f"after {done} of {total} entries" in line
+    assert done - at <= c.me.build_batch_size  # stopped after the chunk in progress
+    assert not final.exists() and not (work / "checkpoints").exists()
+
+    # 2. The same command finishes the build (equal bitwise to one built in a single go),
+    # and is preempted in training: a checkpoint at the step in progress, none periodic.
     def logged_step():
-        lines = (work / "metrics.jsonl").read_text().split("\n")[:-1] if (
-            work / "metrics.jsonl").exists() else []  # fmt: skip
+        path = work / "metrics.jsonl"
+        lines = path.read_text().split("\n")[:-1] if path.exists() else []
         return json.loads(lines[-1])["step"] if lines else None
 
-    rc, err, at = sigterm_midway(cmd, logged_step, least=3)
+    rc, err, at = sigterm_midway(cmd, env, logged_step, least=3)
     assert rc == 143, err[-3000:]
+    np.testing.assert_array_equal(np.load(final), np.load(next(uninterrupted.glob("sprime/*.npy"))))
+    assert not os.path.exists(progress_file)
     line = one_line(err)
     stop = int(line.split()[3].rstrip(";"))
     assert line == f"preempted at step {stop}; checkpoint saved; run the same command to resume"
     assert at <= stop < TRAIN["num_train_steps"]  # the step in progress finished, then it stopped
-    steps = sorted(int(d) for d in os.listdir(work / "checkpoints") if d.isdigit())
-    assert steps == [stop]  # none periodic: checkpoint_every_steps is beyond the run
-
-    # An uninterrupted run to the same step, in this process (CPU training is deterministic):
-    # the state the resumed run restores equals it bitwise, optimizer included.
-    ref = tmp_path / "to_stop"
-    train.train_and_evaluate(tiny_config(**{**TRAIN, "num_train_steps": stop}), str(ref))
-    restored = [restore_state(d, stop) for d in (work, ref)]
+    assert sorted(int(d) for d in os.listdir(work / "checkpoints") if d.isdigit()) == [stop]
+    # What resuming restores equals bitwise the uninterrupted run's state at that step
+    # (CPU training is deterministic), optimizer included.
+    restored = [restore_state(d, stop) for d in (work, uninterrupted)]
     jax.tree.map(np.testing.assert_array_equal, *restored)
 
-    # The same command finishes the run; it ends where an uninterrupted run ends.
-    run_to_end(cmd)
+    # 3. The same command finishes the run where the uninterrupted run ends.
+    run_to_end(cmd, env)
     assert json.load(open(work / "summary.json"))["resumed_from_step"] == stop
-    full = tmp_path / "full"
-    train.train_and_evaluate(tiny_config(**TRAIN), str(full))
-    a, b = checkpoint.load(str(work)), checkpoint.load(str(full))
+    a, b = checkpoint.load(str(work)), checkpoint.load(str(uninterrupted))
     assert a.step == b.step == TRAIN["num_train_steps"]
-    x = train.load_data(tiny_config()).test_images[:32].astype(np.float32) / 255.0
+    x = train.load_data(c).test_images[:32].astype(np.float32) / 255.0
     np.testing.assert_allclose(a.network(x), b.network(x), rtol=1e-5, atol=1e-5)
     jax.tree.map(
         lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
@@ -167,50 +213,12 @@ def restore_state(workdir, step):
     return nnx.to_pure_dict(train_state)
 
 
-BUILD = {"num_train_steps": 1, "me.num_masks": 4, "me.build_batch_size": 2}  # 512 chunks
-
-
-def test_sigterm_during_the_sprime_build_stops_after_a_chunk_and_resumes(tmp_path):
-    cfg = config_file(tmp_path, "build", BUILD)
-    work = tmp_path / "w"
-    cmd = main_cmd(cfg, work, "train")
-    c = tiny_config(**BUILD)
-    total = state.num_copies(c) * c.num_train_examples
-    final = work / "sprime" / f"sprime-{sprime.fingerprint(c, c.num_train_examples)}.npy"
-    progress_file = f"{final}.progress"
-
-    def built():
-        try:
-            return json.load(open(progress_file))["done"]
-        except (OSError, ValueError):
-            return None
-
-    rc, err, at = sigterm_midway(cmd, built, least=8)
-    assert rc == 143, err[-3000:]
-    line = one_line(err)
-    assert line.startswith("preempted during the S' build after ") and "resume" in line
-    done = built()
-    assert at <= done < total and f"after {done} of {total} entries" in line
-    assert done - at <= c.me.build_batch_size  # stopped after the chunk in progress
-    assert not final.exists() and not (work / "checkpoints").exists()
-
-    run_to_end(cmd)
-    assert not os.path.exists(progress_file)
-    ref = sprime.build(c, train.load_data(c).train_images, str(tmp_path / "ref"))
-    np.testing.assert_array_equal(np.load(final), ref)
-
-
-EVAL = {"eval.attacks": "fgsm,pgd"}  # rows clean, fgsm, pgd_3, pgd_long_5
-
-
-def test_sigterm_during_evaluation_stops_after_a_row_and_resumes(tmp_path):
-    work = str(tmp_path / "w")
-    train.train_and_evaluate(tiny_config(), work)
-    c = shrink_eval(tiny_config(**EVAL), 16)
-    reference = evaluation.evaluate(c, work)  # uninterrupted, in this process
+def test_sigterm_during_evaluation_stops_after_a_row_and_resumes(tmp_path, env, uninterrupted):
+    work = str(uninterrupted)  # only read by the training test: checkpoints and S'
+    cmd = main_cmd(config_file(tmp_path, "eval", {**TRAIN, **EVAL}, eval_examples=16), work, "eval")
+    reference = json.load(open(os.path.join(work, "results.json")))  # uninterrupted
     for name in ("results.json", "results.md", "results.npz"):
         os.remove(os.path.join(work, name))
-    cmd = main_cmd(config_file(tmp_path, "eval", EVAL, eval_examples=16), work, "eval")
     partial = os.path.join(work, "eval_partial")
 
     def rows_saved():
@@ -218,16 +226,16 @@ def test_sigterm_during_evaluation_stops_after_a_row_and_resumes(tmp_path):
             return None
         return sum(f.endswith(".npz") and ".partial" not in f for f in os.listdir(partial))
 
-    rc, err, at = sigterm_midway(cmd, rows_saved, least=1)
+    rc, err, at = sigterm_midway(cmd, env, rows_saved, least=1)
     assert rc == 143, err[-3000:]
     line = one_line(err)
     saved = rows_saved()
-    rows = list(reference["attacks"])
-    assert at <= saved < len(rows) + 1 and saved - at <= 1  # the row in progress, then stop
+    assert at <= saved <= at + 1  # the row in progress was saved, then it stopped
     assert line.startswith("preempted during the evaluation after row ") and "resume" in line
+    assert f"({saved} of 3 rows saved in eval_partial/)" in line  # clean, fgsm, network_only
     assert not os.path.exists(os.path.join(work, "results.json"))
 
-    run_to_end(cmd)
+    run_to_end(cmd, env)
     again = json.load(open(os.path.join(work, "results.json")))
     assert len(again["resumed_rows"]) == saved
     assert again["headline"]["accuracy"] == reference["headline"]["accuracy"]
