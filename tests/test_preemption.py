@@ -242,3 +242,50 @@ def test_sigterm_during_evaluation_stops_after_a_row_and_resumes(tmp_path, env, 
     for name, row in reference["attacks"].items():
         assert again["attacks"][name]["accuracy"] == row["accuracy"], name
     assert not os.path.exists(partial)
+
+
+AGREE = """
+import os, signal, sys, time
+import jax
+jax.config.update("jax_enable_preemption_service", sys.argv[3] == "service")
+rank = int(sys.argv[2])
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=rank)
+from menet_jax import preemption
+with preemption.watch():
+    for step in range(1, 1000):
+        if step == 5 and rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # only process 1 is preempted
+        time.sleep(0.01 * (1 + rank))  # and it is the slower one
+        if preemption.requested(step):
+            print("stopped at", step, flush=True)
+            break
+"""
+
+
+@pytest.mark.parametrize("how", ["service", "allgather"])
+def test_two_processes_stop_at_the_same_step(how):
+    """SIGTERM to one of two jax.distributed processes (loopback): both stop after the same
+    step, through jax's preemption sync point or, without that service, our all-gather."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [
+        subprocess.Popen([sys.executable, "-c", AGREE, port, str(rank), how], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    stops = []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        stops.append(int(out.split()[-1]))
+    assert stops[0] == stops[1] > 5, stops
+    if how == "allgather":
+        assert stops[0] % preemption.AGREE_EVERY == 0
