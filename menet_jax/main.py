@@ -4,7 +4,9 @@ r"""Command line: train and/or evaluate ME-Net.
   python -m menet_jax.main --config=configs/cifar10.py:adv --workdir=DIR --mode=eval
 
 Modes: train, eval (restore WORKDIR's checkpoint, run the attack suite), train_and_eval
-(default). Errors a user can cause end in one line on stderr and a non-zero exit.
+(default). Errors a user can cause end in one line on stderr and a non-zero exit. SIGTERM
+(preemption) saves the work so far and exits with 143 (`menet_jax.preemption`); the same command
+resumes.
 """
 
 import sys
@@ -54,10 +56,15 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     from menet_jax.cluster import ClusterError
+    from menet_jax.preemption import EXIT_CODE, Preempted, watch
     from menet_jax.train import TrainingDivergedError
 
     try:
-        run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+        with watch():  # one flag for both phases: SIGTERM between them stops the second
+            run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    except Preempted as e:  # SIGTERM: the work so far is saved; a launcher requeues on 143
+        print(str(e), file=sys.stderr)
+        return EXIT_CODE
     except KeyboardInterrupt:
         print(
             "interrupted; run the same command again to resume from the last checkpoint",

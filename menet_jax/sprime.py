@@ -4,7 +4,8 @@ Example e of an epoch stands for copy k = e % n of training image i = e // n, ma
 `rng.example_keys(seed, i, k)` at p = schedule[k] and reconstructed by the configured ME solver,
 then rounded to the uint8 grid (the authors store S' as uint8). `reconstruct_examples` computes
 entries on the device (the online train step calls it inside jit); `build` computes all n*M of them
-once and caches them in WORKDIR/sprime/ as a memory-mapped .npy, resumable chunk by chunk.
+once and caches them in WORKDIR/sprime/ as a memory-mapped .npy, resumable chunk by chunk; on
+SIGTERM (`menet_jax.preemption`, one process) it stops after the current chunk.
 
 The cache file is named by a fingerprint of everything its content depends on (dataset, number of
 training images, seed, the ME settings and the cache format), so a cache made under other settings
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from menet_jax import defense, input_pipeline, me, monitor, paths, rng, state
+from menet_jax import defense, input_pipeline, me, monitor, paths, preemption, rng, state
 
 FORMAT = 2  # bump when the meaning of a cached entry changes
 # `me` keys that do not change what S' holds.
@@ -214,6 +215,13 @@ def _build_file(
         with open(progress, "w") as f:
             json.dump({"done": done}, f)
         bar.update(len(e))
+        # One process only: with several, the processes need not build the same chunks.
+        if done < total and jax.process_count() == 1 and preemption.requested(done // chunk):
+            bar.close()
+            raise preemption.Preempted(
+                f"preempted during the S' build after {done} of {total} entries; progress "
+                "saved; run the same command to resume"
+            )
     bar.close()
     del out
     os.replace(partial, final)

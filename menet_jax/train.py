@@ -36,6 +36,7 @@ from menet_jax import (
     me,
     monitor,
     paths,
+    preemption,
     rng,
     sprime,
     state,
@@ -252,8 +253,12 @@ def _check_devices(config) -> None:
         )
 
 
+@preemption.watch()
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains ME-Net as configured, checkpointing to and resuming from `workdir`.
+
+    On SIGTERM (`menet_jax.preemption`) the S' build stops after its current chunk and training
+    after its current step, with a checkpoint at that step; both raise `preemption.Preempted`.
 
     Returns:
       The summary also written to WORKDIR/summary.json.
@@ -305,10 +310,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.write(done, record)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
                 sums, t_log, step_log = None, time.time(), done
-            if done % config.checkpoint_every_steps == 0 or done == num_steps:
+            periodic = done % config.checkpoint_every_steps == 0 or done == num_steps
+            preempted = preemption.requested(done)  # every step, on every process
+            if periodic or preempted:
                 if sums is not None:  # make sure nothing non-finite goes into a checkpoint
                     _check_finite(float(sums["loss"]), done)
                 checkpoint.save(manager, done, train_state)
+            if preempted:
+                manager.wait_until_finished()
+                raise preemption.Preempted(
+                    f"preempted at step {done}; checkpoint saved; run the same command to resume"
+                )
     finally:
         bar.close()
         manager.wait_until_finished()

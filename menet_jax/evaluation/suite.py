@@ -18,7 +18,8 @@ r); no attack sees a judging key.
 Resuming: each finished row is saved to WORKDIR/eval_partial/ with a fingerprint of everything
 that decides its result (the eval config, the checkpoint, the ME options); a killed evaluation
 run again with the same settings starts at the first row that did not finish. The folder is
-removed once results.json is written.
+removed once results.json is written. On SIGTERM (`menet_jax.preemption`) the evaluation stops
+after the current row is saved and raises `preemption.Preempted`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from menet_jax import attacks, checkpoint, input_pipeline, monitor, paths, rng
+from menet_jax import attacks, checkpoint, input_pipeline, monitor, paths, preemption, rng
 from menet_jax.evaluation import figures, protocol, report
 from menet_jax.evaluation.rows import KINDS, Plan, Row
 from menet_jax.evaluation.settings import parse_attacks, validate_eval
@@ -210,6 +211,7 @@ class _Store:
 # The evaluation
 
 
+@preemption.watch()
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the attack suite on WORKDIR's checkpoint; writes WORKDIR/results.json and results.md.
 
@@ -264,7 +266,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"resuming the evaluation: {len(resumed)} of {len(plan.rows)} rows already "
               f"finished ({', '.join(resumed)})", file=sys.stderr)  # fmt: skip
     bar = monitor.progress(total=len(plan.rows), desc="attacks", unit="row", config=config)
-    for row in plan.rows:
+    for index, row in enumerate(plan.rows):
         done = finished.pop(row.name, None)
         t0 = time.time()
         if done is not None:
@@ -282,6 +284,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         how = "resumed" if done is not None else f"{seconds[row.name]:.1f} s"
         bar.write(f"{row.name}: accuracy {fig['accuracy']:.4f} on {row.n} examples ({how})",
                   file=sys.stderr)  # fmt: skip
+        if preemption.requested(index, every=1):  # rows are long: agree after each one
+            bar.close()
+            raise preemption.Preempted(
+                f"preempted during the evaluation after row {row.name} ({index + 1} of "
+                f"{len(plan.rows)} rows saved in eval_partial/); run the same command to resume"
+            )
     bar.close()
     runtime = None
     if groups - {"clean"}:
