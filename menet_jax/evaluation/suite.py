@@ -15,6 +15,15 @@ i; draws 0..R-1 measure, R..2R-1 select. Every restart's images are judged. Atta
 rng.named(rng.stream(seed, rng.ATTACK), row name), then the batch index (restart r > 0 folds in
 r); no attack sees a judging key.
 
+Devices: the evaluation runs on every device of every process (docs/method.md §6.6). A batch
+of eval_batch_size examples (divisible by the device count; a row of fewer examples is padded to
+a multiple of it, one batch, so its keys stay batch 0's) is sharded over the 'data' mesh like a
+training batch, each process supplying its contiguous slice; the network is replicated, ME runs
+per device and the per-example judges run whole per device (`target.Target`). Every draw depends
+on the example's index and its batch only, so the results are those of one device. Results come
+back replicated to every process in the same order; process 0 alone writes results.json / .md /
+.npz, the figures, TensorBoard and eval_partial/.
+
 Resuming: each finished row is saved to WORKDIR/eval_partial/ with a fingerprint of everything
 that decides its result (the eval config, the checkpoint, the ME options); a killed evaluation
 run again with the same settings starts at the first row that did not finish. The folder is

@@ -76,7 +76,10 @@ class Target:
         self.mesh, self.batch_sharding = mesh, NamedSharding(mesh, P("data"))
         self.replicated = NamedSharding(mesh, P())
         local = clf  # ME in one piece: the judges run whole per device
-        clf = dataclasses.replace(clf, state=jax.device_put(clf.state, self.replicated), mesh=mesh)
+        # Through host memory: a restored state may sit committed on one device, which a
+        # multi-process device_put would not replicate; host arrays it does (the same on all).
+        state = jax.device_put(jax.device_get(clf.state), self.replicated)
+        clf = dataclasses.replace(clf, state=state, mesh=mesh)
         self.clf, self.state, self.votes = clf, clf.state, votes
         self.uses_me = clf.config.me.method != "none"
         self.gradient = gradient
