@@ -18,8 +18,8 @@ Devices: `mesh` (axis 'data', every device of every process) is where batches li
 their first axis; the network state is replicated on it. The attacks' logits functions come from
 a classifier that runs ME per device (`defense.me_transform`); the per-example judges run whole
 per device (`jax.shard_map`: each example's masks come from its index, so nothing depends on the
-split). Every judge and `gather` return arrays replicated on every device of every process, so
-each process reads the same per-example results (`host`).
+split). Every judge, and `host` for attack images, returns arrays replicated on every device of
+every process, so each process reads the same per-example results.
 """
 
 from __future__ import annotations
