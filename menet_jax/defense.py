@@ -56,21 +56,42 @@ def default_inference_p(me_config: ml_collections.ConfigDict) -> float:
     return float(np.mean(training_ps(me_config)))
 
 
-def me_transform(me_config: ml_collections.ConfigDict, *, differentiable: bool = False):
+def me_transform(me_config: ml_collections.ConfigDict, *, differentiable: bool = False, mesh=None):
     """Returns `transform(key, images, p) -> reconstructed images` for the configured ME.
 
     `differentiable=True` makes the solvers reverse-differentiable in the image for the drawn
     mask (exact gradients, docs/method.md §5.6); the values are the same.
+
+    With a `mesh` of several devices (axis 'data'), a batch [B,H,W,C] whose B the device count
+    divides is reconstructed per device (`jax.shard_map`): inside one jit over a sharded batch an
+    iterative solver's `while_loop` would stop on a global condition, a cross-device reduction
+    every iteration. The mask is still drawn over the whole batch, before the split, so every
+    image gets the mask it gets on one device; the solvers treat each matrix on its own.
     """
     options = solver_options(me_config)
     if differentiable:
         options["differentiable"] = True
     method, channels = me_config.method, me_config.channels
 
+    def solve(images, mask):
+        return me.reconstruct(images, mask, method=method, channels=channels, **options)
+
+    spec = jax.sharding.PartitionSpec("data")
+    # check_vma=False: the solvers build loop carries from constants (not device-varying);
+    # nothing inside communicates (as `sprime.per_device_reconstruction`).
+    per_device = None if mesh is None or mesh.size == 1 else jax.shard_map(
+        solve, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
+    )  # fmt: skip
+
     def transform(key: jax.Array, images: jax.Array, p) -> jax.Array:
         if method == "none":
             return images
-        return me.mask_and_reconstruct(key, images, p, method=method, channels=channels, **options)
+        shape = jnp.shape(images)
+        if per_device is None or len(shape) != 4 or shape[0] % mesh.size:
+            return me.mask_and_reconstruct(
+                key, images, p, method=method, channels=channels, **options
+            )
+        return per_device(images, me.sample_mask(key, shape, p, channels=channels))
 
     return transform
 
@@ -95,6 +116,8 @@ class DefendedClassifier:
       num_classes: number of classes.
       inference_p: the observation probability of ME-Net inference.
       step: the training step the state comes from.
+      mesh: None, or a device mesh with axis 'data' over which batches are sharded: ME then
+        runs per device (`me_transform`), with the masks and values of one device.
 
     Every way the project classifies an image is `apply(state, x, key, mode=...)`, a pure function
     of (network state, images [B,H,W,C] in [0,1], typed key) for one fixed set of options:
@@ -127,6 +150,7 @@ class DefendedClassifier:
     num_classes: int
     inference_p: float
     step: int = 0
+    mesh: Any = None
     _fns: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -172,7 +196,8 @@ class DefendedClassifier:
             k = votes or int(self.config.me.votes)
             return self._vote(state, x, key, k, gradient, bn, soft=mode == "vote_soft")
         p = self.inference_p if p is None else p
-        rec = me_transform(self.config.me, differentiable=gradient == "exact")(key, x, p)
+        exact = gradient == "exact"
+        rec = me_transform(self.config.me, differentiable=exact, mesh=self.mesh)(key, x, p)
         return self._network(state, straight_through(x, rec) if gradient == "bpda" else rec, bn)
 
     def logits_fn(self, mode: str = "menet", **options) -> jax.tree_util.Partial:
@@ -219,7 +244,7 @@ class DefendedClassifier:
     def preprocess(self, x: jax.Array, key: jax.Array, *, p=None, bpda: bool = False):
         """One fresh mask at p (default: the inference p) + ME; BPDA makes it straight-through."""
         p = self.inference_p if p is None else p
-        y = me_transform(self.config.me)(key, x, p)
+        y = me_transform(self.config.me, mesh=self.mesh)(key, x, p)
         return straight_through(x, y) if bpda else y
 
     def defended(

@@ -102,7 +102,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     attack_stream = rng.stream(clf.config.seed, rng.CROSSCHECK)
     extra, seconds = {}, {}
     for gradient in gradients:
-        logits_fn = clf.logits_fn("menet", gradient=gradient)
+        logits_fn = model.clf.logits_fn("menet", gradient=gradient)  # ME per device
         for loss in ("ce", "margin"):
             name = f"crosscheck_{loss}_{gradient}"
             attack = jax.jit(

@@ -15,6 +15,15 @@ i; draws 0..R-1 measure, R..2R-1 select. Every restart's images are judged. Atta
 rng.named(rng.stream(seed, rng.ATTACK), row name), then the batch index (restart r > 0 folds in
 r); no attack sees a judging key.
 
+Devices: the evaluation runs on every device of every process (docs/method.md §6.6). A batch
+of eval_batch_size examples (divisible by the device count; a row of fewer examples is padded to
+a multiple of it, one batch, so its keys stay batch 0's) is sharded over the 'data' mesh like a
+training batch, each process supplying its contiguous slice; the network is replicated, ME runs
+per device and the per-example judges run whole per device (`target.Target`). Every draw depends
+on the example's index and its batch only, so the results are those of one device. Results come
+back replicated to every process in the same order; process 0 alone writes results.json / .md /
+.npz, the figures, TensorBoard and eval_partial/.
+
 Resuming: each finished row is saved to WORKDIR/eval_partial/ with a fingerprint of everything
 that decides its result (the eval config, the checkpoint, the ME options); a killed evaluation
 run again with the same settings starts at the first row that did not finish. The folder is
@@ -34,8 +43,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from menet_jax import attacks, checkpoint, input_pipeline, monitor, paths, preemption, rng
+from menet_jax import attacks, checkpoint, cluster, input_pipeline, monitor, paths, preemption, rng
+from menet_jax.config import ConfigError
 from menet_jax.evaluation import figures, protocol, report
 from menet_jax.evaluation.rows import KINDS, Plan, Row
 from menet_jax.evaluation.settings import parse_attacks, validate_eval
@@ -48,13 +59,20 @@ def judging_keys(seed: int, draws: int) -> jax.Array:
     return jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(2 * draws, dtype=jnp.uint32))
 
 
-def _batches(x_all: np.ndarray, y_all: np.ndarray, n: int, bs: int):
+def global_batch(n: int, batch_size: int, devices: int) -> int:
+    """The global batch of a row of n examples: eval_batch_size, or n rounded up to a multiple
+    of the device count when fewer (padded); one batch then, so its keys stay batch 0's."""
+    return min(batch_size, -(-n // devices) * devices)
+
+
+def _batches(x_all: np.ndarray, y_all: np.ndarray, n: int, bs: int, model: Target):
     """(batch index, start, real size m, images, labels) of the first n examples in batches of
-    bs, the last one padded to bs (`input_pipeline.pad_batch`), so every batch has one shape."""
+    bs, the last one padded to bs (`input_pipeline.pad_batch`), so every batch has one shape;
+    images and labels sharded over the mesh (`Target.put`)."""
     for b, start in enumerate(range(0, n, bs)):
         m = min(bs, n - start)
-        x = jnp.asarray(input_pipeline.pad_batch(x_all[start : start + m], bs))
-        y = jnp.asarray(input_pipeline.pad_batch(y_all[start : start + m], bs))
+        x = model.put(input_pipeline.pad_batch(x_all[start : start + m], bs))
+        y = model.put(input_pipeline.pad_batch(y_all[start : start + m], bs))
         yield b, start, m, x, y
 
 
@@ -62,8 +80,9 @@ def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -
     """Attacks and judges one row: `correct` / `top5` bool [restarts, 2R, n] (the first R
     draws measure, the last R select), plus per-example randomness flags of restart 0."""
     x_all, y_all, judge_keys = data
-    n, bs = row.n, min(batch_size, row.n)
+    n, bs = row.n, global_batch(row.n, batch_size, model.mesh.size)
     row_key = rng.named(keys["attack"], row.name)
+    judge_keys = model.replicate(judge_keys)
     draws = len(judge_keys)
     restarts = cache[row.reuse].shape[0] if row.reuse is not None else row.restarts
     out = {
@@ -75,12 +94,12 @@ def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -
     keep = row.counted or row.name in cache  # images for results.npz or a reusing row
     advs = np.zeros((restarts, n, *x_all.shape[1:]), np.float32) if keep else None
     dist = np.zeros(n, np.float32)
-    for b, start, m, x, y in _batches(x_all, y_all, n, bs):
-        idx = jnp.asarray(input_pipeline.pad_batch(np.arange(start, start + m, dtype=np.int32), bs))
-        key = jax.random.fold_in(row_key, b)
+    for b, start, m, x, y in _batches(x_all, y_all, n, bs, model):
+        idx = model.put(input_pipeline.pad_batch(np.arange(start, start + m, dtype=np.int32), bs))
+        key = model.replicate(jax.random.fold_in(row_key, b))
         for r in range(restarts):
             if row.reuse is not None:
-                x_adv = jnp.asarray(input_pipeline.pad_batch(cache[row.reuse][r, start:][:m], bs))
+                x_adv = model.put(input_pipeline.pad_batch(cache[row.reuse][r, start:][:m], bs))
             else:  # restart 0 keeps the batch key, so one-restart rows draw as before
                 x_adv = row.make(x, y, key if r == 0 else jax.random.fold_in(key, r))
             if row.judge == "fixed":
@@ -94,10 +113,10 @@ def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -
             if r == 0:
                 out["pred_varies"][start : start + m] = np.asarray(res["pred_varies"])[:m]
                 out["logits_vary"][start : start + m] = np.asarray(res["logits_vary"])[:m]
-            if keep:
-                advs[r, start : start + m] = np.asarray(x_adv)[:m]
+            if keep:  # gathers: every process runs them, in the same order
+                advs[r, start : start + m] = model.host(x_adv)[:m]
             if row.bounded_eps is not None and r == 0:
-                dist[start : start + m] = np.asarray(attacks.linf_distance(x, x_adv))[:m]
+                dist[start : start + m] = model.host(attacks.linf_distance(x, x_adv))[:m]
     if keep:
         out["adversarial"] = advs
     if row.bounded_eps is not None:  # a success counts only within the threat model's eps
@@ -117,10 +136,11 @@ def _runtime_checks(model: Target, data, keys, batch_size: int) -> dict:
     gradient through the white-box path is exactly zero, and the fraction whose logits look like
     probabilities (non-negative, at most 1, summing to 1: a softmax output weakens CE attacks)."""
     x_all, y_all, _ = data
-    n, bs = len(y_all), min(batch_size, len(y_all))
+    n = len(y_all)
+    bs = global_batch(n, batch_size, model.mesh.size)
     zero, probs = np.zeros(n, bool), np.zeros(n, bool)
-    for b, start, m, x, y in _batches(x_all, y_all, n, bs):
-        k = jax.random.fold_in(keys["sanity"], b)
+    for b, start, m, x, y in _batches(x_all, y_all, n, bs, model):
+        k = model.replicate(jax.random.fold_in(keys["sanity"], b))
         zero[start : start + m] = np.asarray(model.grad_is_zero(model.state, x, y, k))[:m]
         probs[start : start + m] = np.asarray(model.look_like_probabilities(model.state, x, k))[:m]
     return {"zero_gradient": float(zero.mean()), "probability_logits": float(probs.mean())}
@@ -161,7 +181,10 @@ def plan_rows(ev, groups: set[str], model: Target, source: Target | None, n_all:
 
 
 class _Store:
-    """Finished rows in WORKDIR/eval_partial/, valid while the fingerprint matches."""
+    """Finished rows in WORKDIR/eval_partial/, valid while the fingerprint matches.
+
+    Process 0 alone writes; every process reads, and `agree` keeps the rows every process could
+    read, so all of them run the same rows (the same sequence of collectives)."""
 
     def __init__(self, workdir: str, fingerprint: dict):
         self.dir = paths.join(workdir, "eval_partial")
@@ -169,21 +192,32 @@ class _Store:
         self.digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.writer = jax.process_index() == 0
         stamp = paths.join(self.dir, "fingerprint.txt")
-        if paths.isdir(self.dir):
-            old = paths.read_text(stamp).strip() if paths.exists(stamp) else ""
-            if old != self.digest and self.writer:
-                print("note: the finished rows in eval_partial/ were made with other settings; "
-                      "starting over", file=sys.stderr)  # fmt: skip
-                paths.rmtree(self.dir)
+        old = paths.read_text(stamp).strip() if paths.exists(stamp) else ""
+        self.valid = old == self.digest
+        cluster.barrier("eval_partial stamp read")  # every process read it before process 0 acts
+        if paths.isdir(self.dir) and not self.valid and self.writer:
+            print("note: the finished rows in eval_partial/ were made with other settings; "
+                  "starting over", file=sys.stderr)  # fmt: skip
+            paths.rmtree(self.dir)
         if self.writer:
             paths.makedirs(self.dir)
             paths.write_text(stamp, self.digest + "\n")
+
+    def agree(self, finished: dict, names: list[str]) -> dict:
+        """The finished rows (of `names`, the same list on every process) every process loaded."""
+        if jax.process_count() == 1:
+            return finished
+        have = np.array([name in finished for name in names], np.int32)
+        everywhere = np.asarray(multihost_utils.process_allgather(have)).min(axis=0)
+        return {name: finished[name] for name, ok in zip(names, everywhere, strict=True) if ok}
 
     def _path(self, name: str) -> str:
         return paths.join(self.dir, f"{name}.npz")
 
     def load(self, name: str) -> tuple[dict, float] | None:
         """A finished row's results and seconds, or None (not finished, or unreadable)."""
+        if not self.valid:
+            return None
         try:
             z = paths.load_npz(self._path(name))
             out = {k: v for k, v in z.items() if k not in ("extra", "seconds")}
@@ -230,6 +264,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     groups = parse_attacks(ev.attacks)
     if not paths.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} does not exist; train a model there first")
+    if config.eval_batch_size % jax.device_count():
+        raise ConfigError(
+            f"config.eval_batch_size={config.eval_batch_size} must be divisible by the number of "
+            f"devices ({jax.device_count()}): the evaluation's batches are split over all of them"
+        )
     clf = checkpoint.load(workdir)
     run = clf.config
     if config.me.inference_p is not None:
@@ -261,6 +300,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     R = int(ev.eval_keys)
     finished = {r.name: store.load(r.name) for r in plan.rows}
     finished = {name: done for name, done in finished.items() if done is not None}
+    finished = store.agree(finished, [r.name for r in plan.rows])
     resumed = list(finished)
     if resumed:
         print(f"resuming the evaluation: {len(resumed)} of {len(plan.rows)} rows already "
@@ -310,7 +350,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         source_workdir=source_dir or None,
         eval_keys=R,
         resumed_rows=resumed,
-    )
+        devices={"count": jax.device_count(), "processes": jax.process_count(),
+                 "kind": jax.devices()[0].device_kind},
+    )  # fmt: skip
     out["budgets"]["total_seconds"] = round(time.time() - t_start, 2)
     arrays = out.pop("_arrays")
     if jax.process_index() == 0:

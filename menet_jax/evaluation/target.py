@@ -13,12 +13,24 @@ identity). Every logits function comes from `DefendedClassifier.logits_fn`:
 `judges[name](state, x_adv, y, idx, keys)` scores images on the 2R judging draws (docs/method.md
 §6): "defended" (one fresh mask per draw and example), "vote" (the k-mask majority vote per draw),
 "network" (the bare network, the same on every draw) and "fixed" (one fixed mask).
+
+Devices: `mesh` (axis 'data', every device of every process) is where batches live, sharded on
+their first axis; the network state is replicated on it. The attacks' logits functions come from
+a classifier that runs ME per device (`defense.me_transform`); the per-example judges run whole
+per device (`jax.shard_map`: each example's masks come from its index, so nothing depends on the
+split). Every judge, and `host` for attack images, returns arrays replicated on every device of
+every process, so each process reads the same per-example results.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
 from menet_jax import attacks
@@ -45,10 +57,29 @@ def score(logits: jax.Array, y: jax.Array, *, top5: bool, votes: bool = False) -
     return out
 
 
+def data_mesh() -> jax.sharding.Mesh:
+    """The 1-D mesh 'data' over every device of every process (as `train.make_mesh`)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _score_specs(top5: bool) -> dict:
+    """shard_map out_specs of `score`: draws x examples, and per-example flags."""
+    specs = {"correct": P(None, "data"), "pred_varies": P("data"), "logits_vary": P("data")}
+    return {**specs, "top5": P(None, "data")} if top5 else specs
+
+
 class Target:
     """Pure functions of one classifier, created once so jit caches stay warm across batches."""
 
-    def __init__(self, clf, *, votes: int, top5: bool, gradient: str = "bpda"):
+    def __init__(self, clf, *, votes: int, top5: bool, gradient: str = "bpda", mesh=None):
+        mesh = data_mesh() if mesh is None else mesh
+        self.mesh, self.batch_sharding = mesh, NamedSharding(mesh, P("data"))
+        self.replicated = NamedSharding(mesh, P())
+        local = clf  # ME in one piece: the judges run whole per device
+        # Through host memory: a restored state may sit committed on one device, which a
+        # multi-process device_put would not replicate; host arrays it does (the same on all).
+        state = jax.device_put(jax.device_get(clf.state), self.replicated)
+        clf = dataclasses.replace(clf, state=state, mesh=mesh)
         self.clf, self.state, self.votes = clf, clf.state, votes
         self.uses_me = clf.config.me.method != "none"
         self.gradient = gradient
@@ -60,13 +91,16 @@ class Target:
         def bpda(state, x, key):
             return clf.apply(state, x, key, mode="menet", gradient="bpda")
 
-        def vote(state, x, key):
-            return clf.apply(state, x, key, mode="vote", votes=votes)
-
         def at_rec(state, rec, x0, z, key):  # network-only: ME(x) fixed, delta on top
             return clf.apply(state, rec + (z - x0), key, mode="network")
 
         self._at_rec = at_rec
+
+        def local_bpda(state, x, key):
+            return local.apply(state, x, key, mode="menet", gradient="bpda")
+
+        def local_vote(state, x, key):
+            return local.apply(state, x, key, mode="vote", votes=votes)
 
         def per_example(fn, *, is_vote=False):
             def draws(state, x, y, idx, keys):
@@ -76,7 +110,11 @@ class Target:
 
                 return score(jax.lax.map(one, keys), y, top5=top5, votes=is_vote)
 
-            return jax.jit(draws)
+            if mesh.size > 1:  # per example: each device judges its own examples, no collective
+                data = P("data")
+                draws = jax.shard_map(draws, mesh=mesh, in_specs=(P(), data, data, data, P()),
+                                      out_specs=_score_specs(top5), check_vma=False)  # fmt: skip
+            return self._jit(draws)
 
         def network_judge(state, x, y, idx, keys):
             return score(clf.apply(state, x, None, mode="network")[None], y, top5=top5)
@@ -85,10 +123,10 @@ class Target:
             return score(bpda(state, x, key)[None], y, top5=top5)
 
         self.judges = {
-            "defended": per_example(bpda),
-            "vote": per_example(vote, is_vote=True),
-            "network": jax.jit(network_judge),
-            "fixed": jax.jit(fixed_judge),
+            "defended": per_example(local_bpda),
+            "vote": per_example(local_vote, is_vote=True),
+            "network": self._jit(network_judge),
+            "fixed": self._jit(fixed_judge),
         }
 
         def grad_is_zero(state, x, y, key):
@@ -98,14 +136,36 @@ class Target:
             g = jax.grad(loss)(x)
             return jnp.all(g.reshape(g.shape[0], -1) == 0, axis=-1)
 
-        self.grad_is_zero = jax.jit(grad_is_zero)
+        self.grad_is_zero = self._jit(grad_is_zero)
 
         def look_like_probabilities(state, x, key):
             logits = bpda(state, x, key)
             sums_to_one = jnp.abs(jnp.sum(logits, -1) - 1) < 1e-4
             return sums_to_one & jnp.all((logits >= 0) & (logits <= 1), -1)
 
-        self.look_like_probabilities = jax.jit(look_like_probabilities)
+        self.look_like_probabilities = self._jit(look_like_probabilities)
+        self._gather = self._jit(lambda tree: tree)
+
+    def _jit(self, fn):
+        """jit with every output replicated: each process can read all of it."""
+        return jax.jit(fn, out_shardings=self.replicated)
+
+    def put(self, batch: np.ndarray) -> jax.Array:
+        """A global batch (the same host array on every process) sharded over the mesh; each
+        process supplies its contiguous slice (`input_pipeline.local_batch_indices`' layout)."""
+        procs, me_ = jax.process_count(), jax.process_index()
+        size = len(batch) // procs
+        local = np.asarray(batch[me_ * size : (me_ + 1) * size])
+        return jax.make_array_from_process_local_data(self.batch_sharding, local, batch.shape)
+
+    def replicate(self, tree):
+        """Keys and other small values, the same on every process, replicated on the mesh."""
+        return jax.device_put(tree, self.replicated)
+
+    def host(self, tree):
+        """Device results as numpy on every process, in example order (a collective: every
+        process calls it in the same sequence)."""
+        return jax.device_get(self._gather(tree))
 
     def at_rec(self, rec, x):
         """The network at a fixed reconstruction `rec` of x, perturbation added on top."""
