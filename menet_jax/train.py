@@ -109,11 +109,24 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
     num_classes = input_pipeline.get_info(config.dataset).num_classes
     reconstruct = sprime.per_device_reconstruction(me_config, seed, mesh)  # no global loop test
 
+    def final_reconstruct(x, masks):
+        return me.reconstruct(
+            x, masks, method=me_config.method, channels=me_config.channels,
+            **defense.solver_options(me_config),
+        )  # fmt: skip
+
+    if mesh.size > 1:  # per device, like `reconstruct`: no cross-device test in a solver loop
+        final_reconstruct = jax.shard_map(
+            final_reconstruct, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data"),
+            check_vma=False,
+        )  # fmt: skip
+
     def attack(model, x, y, p, key):
         # PGD through ME with BPDA, fresh masks every step at each example's p, BatchNorm on
         # running statistics (adv.attack_bn "eval") or on each pass's batch statistics ("train",
         # the authors'; the running statistics do not move), Madry-style random start.
         clf = defense.DefendedClassifier.from_model(model, config, num_classes)  # eval mode
+        clf = dataclasses.replace(clf, mesh=mesh)  # ME per device, as `reconstruct` below
         x_adv = attacks.pgd(
             clf.logits_fn("menet", gradient="bpda", p=p, bn=adv.attack_bn),
             x,
@@ -142,10 +155,7 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
             masks = final_masks(
                 me_config, seed, step, batch["image_idx"], batch["copy_idx"], x.shape[1:]
             )
-            x = me.reconstruct(
-                x, masks, method=me_config.method, channels=me_config.channels,
-                **defense.solver_options(me_config),
-            )  # fmt: skip
+            x = final_reconstruct(x, masks)
             x = sprime.quantize(x)  # to the S' grid, as the online path
         elif online and me_config.method != "none":
             x = reconstruct(x, batch["image_idx"], batch["copy_idx"])
