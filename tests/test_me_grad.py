@@ -276,18 +276,20 @@ def default_outputs(inp, **option):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def test_option_off_is_bit_identical_to_the_code_before_it():
+def test_option_off_matches_the_code_before_it():
     """Outputs recorded with the solvers before `differentiable` existed (commit ffd1f1d) on this
-    project's CPU (XLA:CPU, jax 0.10.2); other backends round differently, so there only the
-    option's on/off check runs. To re-record (another jax version): run this file as a script
-    with that commit's `menet_jax` first on PYTHONPATH (e.g. from `git archive ffd1f1d`)."""
+    project's CPU (XLA:CPU, jax 0.10.2), compared within float32 rounding. To re-record (another
+    jax version): run this file as a script with that commit's `menet_jax` first on PYTHONPATH
+    (e.g. from `git archive ffd1f1d`)."""
     recorded = np.load(RECORDED)
     inp = {k: recorded[f"in_{k}"] for k in recorded_inputs()}
     now = default_outputs(inp, differentiable=False)
     assert set(now) == {k[4:] for k in recorded.files if k.startswith("out_")}
-    if jax.default_backend() == "cpu":
-        for key, value in now.items():
-            np.testing.assert_array_equal(value, recorded[f"out_{key}"], err_msg=key)
+    # Not bit for bit: XLA:CPU's code follows the host's instruction set, and another host of
+    # this project (an AMD EPYC) rounded up to 3.6e-6 away from the recording; a changed
+    # computation moves these values by far more.
+    for key, value in now.items():
+        np.testing.assert_allclose(value, recorded[f"out_{key}"], atol=2e-5, rtol=0, err_msg=key)
     # On, the values are the same computation (a few paths; compiling all costs 6 s).
     a, mask, img, img_mask = (inp[k] for k in ("a", "mask", "img", "img_mask"))
     on = {
