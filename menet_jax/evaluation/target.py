@@ -29,6 +29,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
@@ -76,9 +77,8 @@ class Target:
         self.mesh, self.batch_sharding = mesh, NamedSharding(mesh, P("data"))
         self.replicated = NamedSharding(mesh, P())
         local = clf  # ME in one piece: the judges run whole per device
-        # Through host memory: a restored state may sit committed on one device, which a
-        # multi-process device_put would not replicate; host arrays it does (the same on all).
-        state = jax.device_put(jax.device_get(clf.state), self.replicated)
+        # Through host memory: a restored state may sit committed on one device.
+        state = self.replicate(jax.device_get(clf.state))
         clf = dataclasses.replace(clf, state=state, mesh=mesh)
         self.clf, self.state, self.votes = clf, clf.state, votes
         self.uses_me = clf.config.me.method != "none"
@@ -159,8 +159,12 @@ class Target:
         return jax.make_array_from_process_local_data(self.batch_sharding, local, batch.shape)
 
     def replicate(self, tree):
-        """Keys and other small values, the same on every process, replicated on the mesh."""
-        return jax.device_put(tree, self.replicated)
+        """Values the same on every process (keys, the state) replicated on the mesh; with
+        several processes each supplies the copies on its own devices (device_put refuses a
+        sharding over devices of other processes)."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        return multihost_utils.host_local_array_to_global_array(tree, self.mesh, P())
 
     def host(self, tree):
         """Device results as numpy on every process, in example order (a collective: every
