@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from menet_jax import me
+from menet_jax import mesh as mesh_lib
 
 
 def solver_options(me_config: ml_collections.ConfigDict) -> dict:
@@ -76,12 +77,7 @@ def me_transform(me_config: ml_collections.ConfigDict, *, differentiable: bool =
     def solve(images, mask):
         return me.reconstruct(images, mask, method=method, channels=channels, **options)
 
-    spec = jax.sharding.PartitionSpec("data")
-    # check_vma=False: the solvers build loop carries from constants (not device-varying);
-    # nothing inside communicates (as `sprime.per_device_reconstruction`).
-    per_device = None if mesh is None or mesh.size == 1 else jax.shard_map(
-        solve, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
-    )  # fmt: skip
+    per_device = None if mesh is None or mesh.size == 1 else mesh_lib.per_device(solve, mesh, 2)
 
     def transform(key: jax.Array, images: jax.Array, p) -> jax.Array:
         if method == "none":

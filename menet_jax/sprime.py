@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from menet_jax import defense, input_pipeline, me, monitor, paths, preemption, rng, state
+from menet_jax import mesh as mesh_lib
 
 FORMAT = 2  # bump when the meaning of a cached entry changes
 # `me` keys that do not change what S' holds.
@@ -67,26 +68,14 @@ def reconstruct_examples(
 
 
 def per_device_reconstruction(me_config: ml_collections.ConfigDict, seed: int, mesh):
-    """`reconstruct_examples` for a batch sharded over `mesh`'s 'data' axis, run per device.
-
-    Inside one jit over a sharded batch, an iterative solver's `while_loop` would stop on a global
-    condition: a cross-device reduction every iteration, every device waiting for the slowest
-    matrix anywhere (and XLA:CPU's rendezvous deadlocked on forced host devices). `shard_map`
-    runs each device's shard as its own loop; every example's mask comes from its own (i, k) key,
-    so the entries are those of one device.
-    """
+    """`reconstruct_examples` for a batch sharded over `mesh`'s 'data' axis, run per device
+    (`menet_jax.mesh.per_device`: no global loop test); every example's mask comes from its
+    own (i, k) key, so the entries are those of one device."""
 
     def fn(images, image_idx, copy_idx):
         return reconstruct_examples(me_config, seed, images, image_idx, copy_idx)
 
-    if mesh.size == 1:
-        return fn
-    spec = jax.sharding.PartitionSpec("data")
-    # check_vma=False: the solvers build loop carries from constants (not device-varying);
-    # nothing inside communicates, so the per-device loops need no such bookkeeping.
-    return jax.shard_map(
-        fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False
-    )
+    return mesh_lib.per_device(fn, mesh, 3)
 
 
 def fingerprint(config: ml_collections.ConfigDict, num_train: int) -> str:

@@ -41,6 +41,7 @@ from menet_jax import (
     sprime,
     state,
 )
+from menet_jax import mesh as mesh_lib
 from menet_jax.config import ConfigError, validate
 from menet_jax.evaluation.settings import validate_eval
 
@@ -75,9 +76,7 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
 # The train step.
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over every device of every process, axis 'data' (Auto axis types)."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+make_mesh = mesh_lib.data_mesh  # the run's mesh (train.make_mesh for notebooks and tests)
 
 
 def final_masks(me_config, seed: int, step, image_idx, copy_idx, shape) -> jax.Array:
@@ -109,17 +108,13 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
     num_classes = input_pipeline.get_info(config.dataset).num_classes
     reconstruct = sprime.per_device_reconstruction(me_config, seed, mesh)  # no global loop test
 
-    def final_reconstruct(x, masks):
+    def solve(x, masks):
         return me.reconstruct(
             x, masks, method=me_config.method, channels=me_config.channels,
             **defense.solver_options(me_config),
         )  # fmt: skip
 
-    if mesh.size > 1:  # per device, like `reconstruct`: no cross-device test in a solver loop
-        final_reconstruct = jax.shard_map(
-            final_reconstruct, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data"),
-            check_vma=False,
-        )  # fmt: skip
+    final_reconstruct = mesh_lib.per_device(solve, mesh, 2)  # like `reconstruct`
 
     def attack(model, x, y, p, key):
         # PGD through ME with BPDA, fresh masks every step at each example's p, BatchNorm on

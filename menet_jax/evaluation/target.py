@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
 from menet_jax import attacks
+from menet_jax.mesh import data_mesh
 
 
 def score(logits: jax.Array, y: jax.Array, *, top5: bool, votes: bool = False) -> dict:
@@ -56,11 +57,6 @@ def score(logits: jax.Array, y: jax.Array, *, top5: bool, votes: bool = False) -
     out["pred_varies"] = jnp.any(jnp.argmax(logits, -1) != jnp.argmax(logits[0], -1), 0)
     out["logits_vary"] = jnp.any(logits != logits[:1], axis=(0, 2))
     return out
-
-
-def data_mesh() -> jax.sharding.Mesh:
-    """The 1-D mesh 'data' over every device of every process (as `train.make_mesh`)."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _score_specs(top5: bool) -> dict:
