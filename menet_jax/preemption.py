@@ -11,7 +11,10 @@ Every process must stop at the same step, or one would save and exit while the o
 collective. Where jax.distributed runs its preemption service (the default after
 `jax.distributed.initialize()`; it owns SIGTERM through its own notifier),
 `multihost_utils.reached_preemption_sync_point` is the answer: the processes agree on the step
-after the furthest one any of them had reached. Otherwise SIGTERM goes to a handler of our own
+after the furthest one any of them had reached. Its step ids must keep growing for the life of
+the process (a notice fixes the sync point after the last id seen), so it is given a count of
+the calls so far, which goes on from training to the evaluation, not the loops' own step
+numbers, which start again in each phase. Otherwise SIGTERM goes to a handler of our own
 that only sets a flag: one process reads it directly; several processes without the service
 agree on it with one small all-gather every `every` steps.
 """
@@ -40,6 +43,7 @@ class _Watch:
     jax_service = False
     previous = None
     installed = False
+    sync_id = 0  # calls to jax's sync point so far in this process; never reset
 
 
 _W = _Watch()
@@ -91,7 +95,8 @@ def requested(step: int, *, every: int = AGREE_EVERY) -> bool:
     if _W.depth == 0:
         return False
     if _W.jax_service:
-        return multihost_utils.reached_preemption_sync_point(int(step))
+        _W.sync_id += 1  # the same count on every process: they call at the same points
+        return multihost_utils.reached_preemption_sync_point(_W.sync_id)
     if jax.process_count() == 1:
         return _W.flag
     if step % every:

@@ -119,9 +119,9 @@ def _check_job(results, workdir, reference, *, devices: int):
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    """One process on one device, offline ME, trained and evaluated: the reference."""
+    """One process on 4 devices, offline ME, trained and evaluated: the reference."""
     w = tmp_path_factory.mktemp("one") / "w"
-    [(rc, _, stderr)] = _launch(w, processes=1, devices=1, flags=EVAL)
+    [(rc, _, stderr)] = _launch(w, processes=1, devices=4, flags=EVAL)
     assert rc == 0, stderr[-3000:]
     return w
 
@@ -142,30 +142,30 @@ def test_two_processes_offline_equal_one_process(tmp_path, reference):
 
 
 def test_two_processes_online_equal_one_process(tmp_path, reference):
-    """Online ME reconstructs the same S' entries inside the step (one device per process: on
-    2 forced devices of one process XLA:CPU hangs on a step holding an eigendecomposition,
-    tests/test_multidevice.py)."""
+    """Online ME on 2 x 2 devices reconstructs the same S' entries inside the step, per device
+    (an eigendecomposition per matrix: `linalg.eigh` one matrix at a time on a CPU backend with
+    several devices)."""
     w = tmp_path / "w"
-    results = _launch(w, processes=2, devices=1, flags=["--config.me.mode=online"])
+    results = _launch(w, processes=2, devices=2, flags=["--config.me.mode=online"])
     assert not (w / "sprime").exists()
-    _check_job(results, w, reference, devices=2)
+    _check_job(results, w, reference, devices=4)
 
 
 def test_two_processes_evaluate_as_one(tmp_path, one_process):
-    """The reference's checkpoint evaluated by a 2-process job (one device each: the evaluation
-    holds eigendecompositions): every attack and judge runs over both processes' devices, and
-    process 0 alone writes results that equal the one-device evaluation example by example."""
+    """The reference's checkpoint evaluated by a 2-process job (2 devices each): every attack
+    and judge runs over both processes' devices, and process 0 alone writes results that equal
+    the one-process evaluation example by example."""
     w = tmp_path / "w"
     w.mkdir()
     shutil.copytree(one_process / "checkpoints", w / "checkpoints")
     shutil.copy(one_process / "config.json", w / "config.json")
     flags = [f for f in EVAL if not f.startswith("--mode")] + ["--mode=eval"]
-    results = _launch(w, processes=2, devices=1, flags=flags)
+    results = _launch(w, processes=2, devices=2, flags=flags)
     for i, (rc, stdout, stderr) in enumerate(results):
         assert rc == 0, f"process {i}: {stderr[-3000:]}"
         assert "headline robust accuracy" in stdout
     one, two = (json.loads((d / "results.json").read_text()) for d in (one_process, w))
-    assert two["devices"]["processes"] == 2 and two["devices"]["count"] == 2
+    assert two["devices"]["processes"] == 2 and two["devices"]["count"] == 4
     assert one["headline"]["accuracy"] == two["headline"]["accuracy"]
     assert one["attacks"].keys() == two["attacks"].keys()
     for name, row in one["attacks"].items():

@@ -251,21 +251,27 @@ jax.config.update("jax_enable_preemption_service", sys.argv[3] == "service")
 rank = int(sys.argv[2])
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=rank)
 from menet_jax import preemption
-with preemption.watch():
-    for step in range(1, 1000):
-        if step == 5 and rank == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # only process 1 is preempted
-        time.sleep(0.01 * (1 + rank))  # and it is the slower one
-        if preemption.requested(step):
-            print("stopped at", step, flush=True)
-            break
+with preemption.watch():  # around both phases, as in main
+    with preemption.watch():  # a first phase (training) ends without a signal
+        assert not any(preemption.requested(step) for step in range(1, 21))
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # only process 1 is preempted, between the phases
+    with preemption.watch():  # a second phase (the evaluation) counts its rows from 1 again
+        for step in range(1, 1000):
+            time.sleep(0.01 * (1 + rank))  # process 1 is the slower one
+            if preemption.requested(step):
+                print("stopped at", step, flush=True)
+                break
 """
 
 
 @pytest.mark.parametrize("how", ["service", "allgather"])
 def test_two_processes_stop_at_the_same_step(how):
-    """SIGTERM to one of two jax.distributed processes (loopback): both stop after the same
-    step, through jax's preemption sync point or, without that service, our all-gather."""
+    """SIGTERM to one of two jax.distributed processes (loopback) between two phases of work,
+    the second counting its steps from 1 again (the evaluation after training): both stop after
+    the same step of the second phase, through jax's preemption sync point (which notices the
+    signal a second or so late) or, without that service, our all-gather (at its first
+    agreement)."""
     import socket
 
     with socket.socket() as s:
@@ -286,6 +292,6 @@ def test_two_processes_stop_at_the_same_step(how):
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
         stops.append(int(out.split()[-1]))
-    assert stops[0] == stops[1] > 5, stops
+    assert stops[0] == stops[1], stops
     if how == "allgather":
-        assert stops[0] % preemption.AGREE_EVERY == 0
+        assert stops[0] == preemption.AGREE_EVERY  # the first agreement

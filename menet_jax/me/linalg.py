@@ -47,8 +47,58 @@ def gram_eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
       (s, u): s [..., m] singular values in ascending order, u [..., m, m] the matching
       left singular vectors (columns).
     """
-    w, u = jnp.linalg.eigh(gram(a), symmetrize_input=True)
+    w, u = eigh(gram(a))
     return jnp.sqrt(jnp.maximum(w, 0.0)), u
+
+
+def _one_at_a_time() -> bool:
+    """Whether LAPACK's eigendecomposition must be called on one matrix at a time (see `eigh`);
+    asked when a function is traced, of the default backend (the one this project runs on)."""
+    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
+
+
+def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices [..., m, m].
+
+    `jnp.linalg.eigh` (input symmetrised), except on a CPU backend with more than one device:
+    there jaxlib 0.10's LAPACK kernel splits a batch into chunks, schedules them on XLA:CPU's
+    shared intra-op thread pool and blocks its own pool thread until they finish; two devices'
+    programs doing that at once can occupy every thread, and the step waits forever
+    (docs/method.md §9). So there each matrix gets its own LAPACK call (a loop, also under
+    `vmap`), which the kernel runs inline: the same decomposition per matrix, the devices
+    supplying the parallelism. Differentiable like `jnp.linalg.eigh` (the same JVP rule).
+    """
+    if not _one_at_a_time():
+        return jnp.linalg.eigh(g, symmetrize_input=True)
+    return _eigh_inline(g)
+
+
+def _lapack_eigh(g):
+    return jnp.linalg.eigh(g, symmetrize_input=True)
+
+
+# Under vmap a loop over the batch, not a batched LAPACK call (which would use the thread pool).
+_eigh_unbatched = jax.custom_batching.sequential_vmap(_lapack_eigh)
+
+
+@jax.custom_jvp
+def _eigh_inline(g):
+    flat = g.reshape((-1,) + g.shape[-2:])
+    w, u = lax.map(_eigh_unbatched, flat)
+    return w.reshape(g.shape[:-1]), u.reshape(g.shape)
+
+
+@_eigh_inline.defjvp
+def _eigh_inline_jvp(primals, tangents):
+    # The symmetric eigenproblem's first-order perturbation (as jax differentiates eigh): with
+    # S = U^T dG_sym U, dw = diag(S) and dU = U (F * S), F_ij = 1 / (w_j - w_i) off the diagonal.
+    (g,), (dg,) = primals, tangents
+    w, u = _eigh_inline(g)
+    dg = (dg + jnp.swapaxes(dg, -1, -2)) / 2  # the input is symmetrised
+    s = mm(jnp.swapaxes(u, -1, -2), mm(dg, u))
+    eye = jnp.eye(w.shape[-1], dtype=w.dtype)
+    f = 1.0 / (eye + w[..., None, :] - w[..., :, None]) - eye
+    return (w, u), (jnp.diagonal(s, axis1=-2, axis2=-1), mm(u, f * s))
 
 
 def top_singular_value(a: jax.Array, v0: jax.Array, *, iters: int = 96) -> jax.Array:
