@@ -4,9 +4,8 @@
 evaluation shard their batches over it. `per_device(fn, mesh, nargs)` runs `fn` on each device's
 shard of its batch arguments (`jax.shard_map`): inside one jit over a sharded batch an iterative
 solver's `while_loop` would stop on a global condition, a cross-device reduction every iteration
-with every device waiting for the slowest matrix anywhere (and XLA:CPU's rendezvous deadlocked on
-forced host devices). The solvers treat each matrix on its own, so per device they give what they
-give on one.
+with every device waiting for the slowest matrix anywhere. The solvers treat each matrix on its
+own, so per device they give what they give on one.
 """
 
 from __future__ import annotations

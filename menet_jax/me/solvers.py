@@ -415,9 +415,8 @@ def softimpute(
         fancyimpute's loop (BENCHMARKS.md gives the errors). Call it on one device's
         matrices: the training step runs it per device (`sprime.per_device_reconstruction`),
         since over a sharded batch the loop's stopping test would be a cross-device reduction
-        every iteration. (On 2 or 4 forced XLA:CPU host devices of a 2-core machine the step's
-        all-reduce can still deadlock whenever it holds an eigendecomposition, USVT included;
-        8 forced devices, GPUs and TPUs do not.)
+        every iteration. (On a CPU backend with several devices the eigendecompositions go
+        to LAPACK one matrix at a time, `linalg.eigh`: the batched kernel hung such steps.)
       return_iterations: also return each matrix's iteration count.
       differentiable: give the estimate an exact reverse-mode gradient in `a` (and in a traced
         shrinkage) for this fixed mask: the implicit-function gradient of the fixed point
