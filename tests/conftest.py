@@ -4,8 +4,20 @@ On GPUs jax computes float32 matrix products and convolutions in TF32 by default
 mantissa, ~1e-4 relative error); the tests compare with float64 references at float32
 tolerances, so they ask for full float32 precision. On the CPU, where CI runs, float32 is already
 what XLA computes, so this changes nothing there.
+
+XLA:CPU compiles the tests' programs with LLVM's optimisations off
+(`--xla_backend_optimization_level=0`): the tests' configs are tiny, so compiling is most of
+their time, and unoptimised code computes the same operations (about 40% off a compile-bound
+test). Subprocesses inherit it; those that force host devices add their flag to it. Benchmarks
+and users' runs keep XLA's default.
 """
 
-import jax
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
+).strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from menet_jax import evaluation, train
+from tests import forced_devices
 from tests.test_evaluate import shrink_eval
 from tests.test_train import tiny_config
 
@@ -63,8 +64,7 @@ def test_eight_devices_judge_every_example_as_one(tmp_path):
     train.train_and_evaluate(tiny_config(num_train_steps=2, num_train_examples=64), base)
     eight_dir = str(tmp_path / "eight")
     shutil.copytree(base, eight_dir)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = forced_devices.env(8)
     code, timeout = SCRIPT.format(root=ROOT, workdir=eight_dir), 300
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
@@ -98,8 +98,7 @@ def test_eight_devices_judge_every_example_as_one(tmp_path):
 def test_eval_batch_not_divisible_by_devices_is_one_line(tmp_path):
     """7 forced devices do not divide eval_batch_size 16: one sentence and a non-zero exit, no
     traceback (main turns the ConfigError into one line)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=7"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = forced_devices.env(7)
     workdir = tmp_path / "w"
     workdir.mkdir()
     cmd = [sys.executable, "-m", "menet_jax.main", "--mode=eval", f"--workdir={workdir}",

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from menet_jax import checkpoint, input_pipeline
+from tests import forced_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [  # tests/test_train.py's tiny_config as flags
@@ -63,10 +64,8 @@ def _job_id() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORD"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    env.update(extra)
-    return env
+    env = forced_devices.env(devices, **extra)
+    return {k: v for k, v in env.items() if k in extra or not k.startswith(("SLURM_", "JAX_COORD"))}
 
 
 def _launch(workdir, *, processes: int, devices: int, flags=(), timeout=600, env_extra=None):
