@@ -68,9 +68,7 @@ def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
     `vmap`), which the kernel runs inline: the same decomposition per matrix, the devices
     supplying the parallelism. Differentiable like `jnp.linalg.eigh` (the same JVP rule).
     """
-    if not _one_at_a_time():
-        return jnp.linalg.eigh(g, symmetrize_input=True)
-    return _eigh_inline(g)
+    return _eigh_inline(g) if _one_at_a_time() else _lapack_eigh(g)
 
 
 def _lapack_eigh(g):
