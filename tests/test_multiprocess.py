@@ -183,7 +183,7 @@ def test_failed_join_is_one_line(tmp_path):
         tmp_path / "w", processes=1, devices=1, timeout=200,
         env_extra=dict(SLURM_JOB_ID=str(_job_id()), SLURM_STEP_NODELIST="localhost",
                        SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="1",
-                       MENET_JOIN_TIMEOUT_S="3"),
+                       MENET_JOIN_TIMEOUT_S="1"),
     )  # fmt: skip
     lines = [x for x in stderr.splitlines() if x.strip()]
     assert rc == 1, stderr[-2000:]

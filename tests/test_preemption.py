@@ -118,8 +118,8 @@ def test_watch_sets_a_flag_and_restores_the_previous_handler():
     assert preemption.EXIT_CODE == 143
 
 
-# 128 S' chunks of 4 entries, then 24 steps; the checkpoint at step 1000 never comes.
-TRAIN = {"num_train_steps": 24, "checkpoint_every_steps": 1000, "log_every_steps": 1,
+# 128 S' chunks of 4 entries, then 12 steps; the checkpoint at step 1000 never comes.
+TRAIN = {"num_train_steps": 12, "checkpoint_every_steps": 1000, "log_every_steps": 1,
          "me.build_batch_size": 4}  # fmt: skip
 
 
