@@ -10,10 +10,14 @@ XLA:CPU compiles the tests' programs with LLVM's optimisations off
 their time, and unoptimised code computes the same operations (about 40% off a compile-bound
 test). Subprocesses inherit it; those that force host devices add their flag to it. Benchmarks
 and users' runs keep XLA's default.
+
+The test files run on several pytest-xdist workers at once (pyproject's addopts); on a GPU each
+worker's jax allocates memory as it needs it instead of taking 75% of the device up front.
 """
 
 import os
 
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
 ).strip()
