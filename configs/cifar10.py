@@ -9,6 +9,16 @@ step 2/255) with nuclear-norm ME, learning rate decayed at 50/100/150 as the aut
 `wrn` swaps in WRN-28-10; `one_mask` trains on one mask per image, the default of the authors'
 train_adv.py (`--mask-num 1`; `configs/cifar10.py:adv,one_mask`).
 
+`cpu` is CIFAR-10 at the scale of a 2-core CPU (README "CIFAR-10 on a CPU"): ResNet-18 at a
+quarter of its width (16 channels in the first stage, 701,466 parameters instead of 11.2M), the
+same number of training images for every model (1,300 steps of 128: 166,400 images, 3.3 passes
+over the 50,000 photos for the vanilla model) with a warmup + cosine learning rate, ME inside the
+train step (online: no 500,000-image S' to build when a run sees a third of it), and evaluation
+budgets cut to fit 15 minutes on 500 test images. With the photographs in a folder:
+
+  python -m menet_jax.main --config=configs/cifar10.py:cpu --config.dataset=image_folder \
+      --config.data_dir=PHOTOS --workdir=/tmp/cifar_cpu
+
 The authors' released models (docs/method.md §7), for `python -m menet_jax.convert` and
 `--mode=eval` (or to train the same way): `authors_p05`, `authors_p05_adv`, `authors_p09`,
 `authors_p03`, `authors_p03_adv` (USVT, concat, the p in the name for training and inference,
@@ -81,7 +91,31 @@ def _tramer(c):
     c.eval.eot.steps, c.eval.eot.samples, c.eval.eot.step_size = 200, 41, None
 
 
+def _cpu(c):
+    c.model_width = 16
+    c.batch_size = 128
+    c.num_train_steps = 1300
+    c.lr_schedule, c.learning_rate, c.lr_warmup_fraction = "warmup_cosine", 0.1, 0.15
+    c.weight_decay = 5e-4
+    c.me.mode = "online"
+    c.checkpoint_every_steps, c.log_every_steps = 250, 50
+    c.eval_batch_size = 250
+    c.num_eval_examples = 2000
+    ev = c.eval
+    ev.num_examples = 500
+    ev.pgd.steps = (7, 20, 40)
+    ev.pgd.long_steps, ev.pgd.long_examples = 100, 20
+    ev.eot.samples, ev.eot.steps, ev.eot.step_size = 4, 20, None
+    ev.apgd.steps, ev.apgd.eot_samples = 20, 2
+    ev.spsa.examples, ev.spsa.steps, ev.spsa.samples = 16, 10, 64
+    ev.boundary.examples, ev.boundary.steps, ev.boundary.proposals = 16, 100, 1
+    ev.transfer.cw_l2_steps = 50
+    ev.vote.examples, ev.vote.steps = 100, 10
+    ev.sanity.examples = 100
+
+
 VARIANTS = {
+    "cpu": _cpu,
     "adv": _adv,
     "wrn": _wrn,
     "one_mask": _one_mask,

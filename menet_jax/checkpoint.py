@@ -151,7 +151,7 @@ def load(workdir: str, *, step: int | None = None) -> defense.DefendedClassifier
     step = _resolve_step(mngr, step)
     if step is None:
         raise CheckpointError(f"no checkpoints in {ckpt_dir}; train first (--mode=train)")
-    info = input_pipeline.get_info(config.dataset)
+    info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
     model = state.create_model(config, info)
     restore_model(mngr, model, step)
     return defense.DefendedClassifier.from_model(model, config, info.num_classes, step=step)

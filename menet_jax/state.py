@@ -57,7 +57,18 @@ def create_model(
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int) -> optax.Schedule:
-    """The learning rate, multiplied by lr_decay_factor at each of lr_boundaries_epochs."""
+    """The learning rate of each step.
+
+    `lr_schedule="step"`: learning_rate, multiplied by lr_decay_factor at each of
+    lr_boundaries_epochs. `"warmup_cosine"`: a linear rise from 0 to learning_rate over the first
+    lr_warmup_fraction of the run's steps, then a cosine decay to 0 at its last step.
+    """
+    if config.get("lr_schedule", "step") == "warmup_cosine":
+        total = max(total_steps(config, num_train), 1)
+        warmup = int(config.lr_warmup_fraction * total)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, config.learning_rate, warmup_steps=warmup, decay_steps=total, end_value=0.0
+        )
     per_epoch = max(steps_per_epoch(config, num_train), 1)
     boundaries = {int(b * per_epoch): config.lr_decay_factor for b in config.lr_boundaries_epochs}
     return optax.piecewise_constant_schedule(config.learning_rate, boundaries)

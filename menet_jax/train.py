@@ -42,7 +42,7 @@ from menet_jax import (
     state,
 )
 from menet_jax import mesh as mesh_lib
-from menet_jax.config import ConfigError, validate
+from menet_jax.config import ConfigError, check_model_fits, validate
 from menet_jax.evaluation.settings import validate_eval
 
 
@@ -63,10 +63,10 @@ class Data:
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
     """Loads the train and test splits of `config.dataset` as uint8 numpy arrays."""
-    data_dir = config.data_dir or None
-    info = input_pipeline.get_info(config.dataset)
-    train = input_pipeline.load_split(config.dataset, "train", data_dir=data_dir)
-    test = input_pipeline.load_split(config.dataset, "test", data_dir=data_dir)
+    data_dir, progress = config.data_dir or None, config.progress_bar
+    info = input_pipeline.get_info(config.dataset, data_dir=data_dir, progress=progress)
+    train = input_pipeline.load_split(config.dataset, "train", data_dir=data_dir, progress=progress)
+    test = input_pipeline.load_split(config.dataset, "test", data_dir=data_dir, progress=progress)
     if config.num_train_examples is not None:
         train = tuple(a[: config.num_train_examples] for a in train)
     return Data(info, *train, *test)
@@ -105,7 +105,8 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
     ps_all = jnp.asarray(defense.training_ps(me_config))
     adv = config.adv
 
-    num_classes = input_pipeline.get_info(config.dataset).num_classes
+    info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
+    num_classes = info.num_classes
     reconstruct = sprime.per_device_reconstruction(me_config, seed, mesh)  # no global loop test
 
     def solve(x, masks):
@@ -271,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     validate(config)
     validate_eval(config.eval)
     _check_devices(config)
+    check_model_fits(config)  # the dataset's images into config.model, before any work
     paths.makedirs(workdir)
     checkpoint.write_config(workdir, config)
     t_start = time.time()

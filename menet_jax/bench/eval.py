@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
         return common.fail(e)
     from menet_jax import evaluation, train
 
-    shape = input_pipeline.get_info(config.dataset).image_shape
+    shape = input_pipeline.get_info(config.dataset, data_dir=config.data_dir).image_shape
     input_pipeline.load_split = lambda name, split, **kw: digits_as(shape, split)
     backend, count, kind = common.devices()
     common.report("backend", f"{backend} x{count} ({kind})")

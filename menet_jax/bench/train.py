@@ -38,7 +38,7 @@ def _time_steps(step_fn, train_state, batch, steps: int) -> float:
 
 def jax_images_per_s(config, *, online: bool, steps: int) -> float:
     """Images per second of the jitted train step (with ME inside it when `online`)."""
-    info = input_pipeline.get_info(config.dataset)
+    info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
     config = config.copy_and_resolve_references()
     config.adv.enabled = False
     model = state.create_model(config, info)
@@ -66,7 +66,7 @@ def torch_images_per_s(config, *, steps: int) -> float | None:
         from torch import nn
     except ImportError:
         return None
-    info = input_pipeline.get_info(config.dataset)
+    info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
     h, w, c = info.image_shape
     torch.manual_seed(0)
     net = nn.Sequential(
