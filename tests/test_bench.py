@@ -132,3 +132,15 @@ def test_python_dash_m_entry_point():
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.startswith("error: ") and "--p=0.0" in run.stderr
+
+
+@pytest.mark.parametrize("width,params", [(16, 701_466), (64, 11_173_962)])
+def test_torch_resnet18_of_the_train_benchmark_is_the_same_network(width, params):
+    """The PyTorch side of `bench train` has the JAX ResNet-18's parameter count and shapes."""
+    torch = pytest.importorskip("torch")
+    from menet_jax import input_pipeline
+
+    info = input_pipeline.get_info("cifar10")
+    net = train._torch_resnet18(torch.nn, info, width)
+    assert sum(p.numel() for p in net.parameters()) == params
+    assert tuple(net(torch.rand(2, 3, 32, 32)).shape) == (2, 10)

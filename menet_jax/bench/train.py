@@ -2,9 +2,9 @@
 
 Prints `name: value` lines: images/s of the real jitted train step without ME (the offline /
 vanilla step) and with online ME (the solver inside the step), the ME share of the online step,
-and, for the MNIST CNN when PyTorch is importable, the same model's SGD step in PyTorch on this
-CPU and the ratio. Inputs are random images of the dataset's shape (throughput does not depend
-on the pixels), so no dataset has to be prepared.
+and, for the MNIST CNN and the CIFAR ResNet-18 when PyTorch is importable, the same network's
+SGD step in PyTorch on this machine's CPU and the ratio. Inputs are random images of the
+dataset's shape (throughput does not depend on the pixels), so no dataset has to be prepared.
 """
 
 from __future__ import annotations
@@ -59,17 +59,10 @@ def jax_images_per_s(config, *, online: bool, steps: int) -> float:
     return b * steps / _time_steps(step_fn, train_state, batch, steps)
 
 
-def torch_images_per_s(config, *, steps: int) -> float | None:
-    """Madry's MNIST CNN trained with SGD in PyTorch on this CPU (the authors' framework)."""
-    try:
-        import torch
-        from torch import nn
-    except ImportError:
-        return None
-    info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
+def _torch_lenet(nn, info):
+    """Madry's MNIST CNN (menet_jax.models.lenet) in PyTorch."""
     h, w, c = info.image_shape
-    torch.manual_seed(0)
-    net = nn.Sequential(
+    return nn.Sequential(
         nn.Conv2d(c, 32, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -81,10 +74,61 @@ def torch_images_per_s(config, *, steps: int) -> float | None:
         nn.ReLU(),
         nn.Linear(1024, info.num_classes),
     )
+
+
+def _torch_resnet18(nn, info, width: int):
+    """The CIFAR ResNet-18 of menet_jax.models.resnet (the authors' kuangliu network) in PyTorch."""
+
+    def conv_bn(cin, cout, k, stride):
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(
+                *conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout, 3, 1)
+            )
+            project = stride != 1 or cin != cout
+            self.shortcut = nn.Sequential(*conv_bn(cin, cout, 1, stride)) if project else None
+
+        def forward(self, x):
+            skip = x if self.shortcut is None else self.shortcut(x)
+            return nn.functional.relu(self.body(x) + skip)
+
+    layers, cin = [*conv_bn(info.image_shape[2], width, 3, 1), nn.ReLU()], width
+    for stage, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        for i in range(2):
+            layers.append(Block(cin, cout, 2 if stage > 0 and i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, info.num_classes)]
+    return nn.Sequential(*layers)
+
+
+def torch_images_per_s(config, *, steps: int) -> float | None:
+    """The same network and SGD step in PyTorch on this CPU (the authors' framework).
+
+    Covers the MNIST CNN and the CIFAR ResNet-18 (at config.model_width); None for other models
+    or when PyTorch is not installed.
+    """
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+    info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
+    torch.manual_seed(0)
+    if config.model == "lenet":
+        net = _torch_lenet(nn, info)
+    elif config.model == "resnet18":
+        net = _torch_resnet18(nn, info, int(config.model_width))
+    else:
+        return None
+    net.train()
     opt = torch.optim.SGD(
         net.parameters(), lr=config.learning_rate, momentum=0.9, weight_decay=config.weight_decay
     )
     b = config.batch_size
+    h, w, c = info.image_shape
     x = torch.rand(b, c, h, w)
     y = torch.randint(0, info.num_classes, (b,))
 
@@ -136,9 +180,8 @@ def main(argv: list[str]) -> int:
         common.report(f"train_images_per_s_online_{config.me.method}", f"{online:.1f}")
         common.report("online_me_share_of_step", f"{1 - online / plain:.3f}")
         common.report("online_me_step_overhead", f"{plain / online - 1:.3f}")
-    if config.model == "lenet":
-        ref = torch_images_per_s(config, steps=args.steps)
-        if ref is not None:
-            common.report("torch_train_images_per_s_no_me", f"{ref:.1f}")
-            common.report("jax_over_torch_ratio", f"{plain / ref:.2f}")
+    ref = torch_images_per_s(config, steps=args.steps)
+    if ref is not None:
+        common.report("torch_train_images_per_s_no_me", f"{ref:.1f}")
+        common.report("jax_over_torch_ratio", f"{plain / ref:.2f}")
     return 0
