@@ -19,6 +19,9 @@ budgets cut to fit 15 minutes on 500 test images. With the photographs in a fold
   python -m menet_jax.main --config=configs/cifar10.py:cpu --config.dataset=image_folder \
       --config.data_dir=PHOTOS --workdir=/tmp/cifar_cpu
 
+`gpu_check` is `launch/gpu_check.sh`'s run: the full-width network on a subset of the photos,
+trained in a few minutes on one GPU, and the default evaluation on 500 test images.
+
 The authors' released models (docs/method.md §7), for `python -m menet_jax.convert` and
 `--mode=eval` (or to train the same way): `authors_p05`, `authors_p05_adv`, `authors_p09`,
 `authors_p03`, `authors_p03_adv` (USVT, concat, the p in the name for training and inference,
@@ -114,8 +117,20 @@ def _cpu(c):
     ev.sanity.examples = 100
 
 
+def _gpu_check(c):
+    # launch/gpu_check.sh: one GPU, about 10 minutes, on ~8,000 training photos (800 a class).
+    c.batch_size = 256
+    c.num_train_steps = 4000  # 1.02M images: ~128 passes over the subset
+    c.lr_schedule, c.learning_rate, c.lr_warmup_fraction = "warmup_cosine", 0.1, 0.15
+    c.weight_decay = 5e-4
+    c.me.mode = "online"
+    c.checkpoint_every_steps, c.log_every_steps = 1000, 200
+    c.eval.num_examples = 500
+
+
 VARIANTS = {
     "cpu": _cpu,
+    "gpu_check": _gpu_check,
     "adv": _adv,
     "wrn": _wrn,
     "one_mask": _one_mask,

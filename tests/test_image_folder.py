@@ -255,3 +255,20 @@ def test_tiny_resnet_trains_and_evaluates_on_a_folder(tmp_path):
     report = evaluation.evaluate(c, workdir)
     headline = report["headline"]
     assert headline["n"] == 6 and 0 <= headline["accuracy"] <= 1
+
+
+def test_gpu_check_subset_copies_the_first_files_of_each_class(tmp_path):
+    """`launch/gpu_check.sh --subset` keeps the layout and takes each class's first files."""
+    src = make_folder(tmp_path / "full", train_per_class=3, test_per_class=2)
+    dst = tmp_path / "subset"
+    script = os.path.join(ROOT, "launch", "gpu_check.sh")
+    result = subprocess.run(
+        ["bash", script, "--subset", str(src), str(dst)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in CLASSES:
+            names = sorted(p.name for p in (dst / split / cls).iterdir())
+            assert len(names) == n and all(image_folder._is_image(x) for x in names)
+    x, y = input_pipeline.load_split("image_folder", "train", data_dir=str(dst))
+    np.testing.assert_array_equal(np.bincount(y), [3, 3, 3])
