@@ -275,6 +275,8 @@ def _np_adjoint(linear, shape, g):
         ((3, 3, 2, 3), 2, (6, 7)),  # even and odd sizes: the last window reaches the end or not
         ((1, 1, 3, 2), 2, (7, 6)),
         ((3, 3, 1, 2), 2, (5, 5)),
+        ((3, 3, 2, 3), 1, (3, 32)),  # 32 wide: the kernel gradient tap by tap on a CPU
+        ((1, 1, 2, 3), 1, (2, 33)),
     ],
 )
 def test_conv2d_value_and_gradients_match_numpy(kernel, stride, size):

@@ -11,7 +11,8 @@ convolution's about 5x (BENCHMARKS.md, "Attack loop speed (issue 9)"). Here the 
 is written out as the convolution of the output gradient with the kernel flipped in H and W and
 its I and O axes swapped, an ordinary HWIO convolution (with the output gradient dilated by the
 stride for strided layers), or, for a one-channel input at stride 1, as a matmul and shifted
-sums. The kernel's gradient is JAX's own. Reverse mode only (`jax.jvp` through it raises).
+sums. The kernel's gradient is JAX's own, or on a CPU, for wide inputs and strided layers,
+one contraction per kernel tap (`_kernel_grad`). Reverse mode only (`jax.jvp` through it raises).
 
 `Conv` is `nnx.Conv` (same parameters, names and initialisation) computing through `conv2d`.
 """
@@ -87,10 +88,42 @@ def _input_grad(g: jax.Array, kernel: jax.Array, stride: int, shape) -> jax.Arra
     )
 
 
+# From this input width on (and for every strided layer), `_kernel_grad` contracts tap by tap on
+# a CPU backend.
+_TAPS_MIN_WIDTH = 32
+
+
+def _kernel_grad(x: jax.Array, g: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """The gradient in the kernel.
+
+    On a CPU backend, for wide inputs and strided layers, one batched contraction per kernel tap:
+    dk[i, j] = sum over images b of x_ij[b]^T g[b], where x_ij is the padded input shifted by
+    (i, j) and sampled at the stride. XLA:CPU runs its own kernel-gradient convolution of such
+    layers (few channels, many pixels) far slower than their forward pass (BENCHMARKS.md,
+    "Training step"). Elsewhere JAX's own rule.
+    """
+    wide = x.shape[2] >= _TAPS_MIN_WIDTH or stride > 1
+    if not wide or jax.default_backend() != "cpu":
+        _, kernel_vjp = jax.vjp(lambda k: _forward(x, k, stride), kernel)
+        return kernel_vjp(g)[0]
+    kh, kw = kernel.shape[:2]
+    ho, wo = g.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    taps = [
+        jnp.einsum(
+            "bhwc,bhwo->bco",
+            xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride],
+            g,
+        ).sum(0)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+
+
 def _conv2d_bwd(stride, res, g):
     x, kernel = res
-    _, kernel_vjp = jax.vjp(lambda k: _forward(x, k, stride), kernel)
-    return _input_grad(g, kernel, stride, x.shape[1:3]), kernel_vjp(g)[0]
+    return _input_grad(g, kernel, stride, x.shape[1:3]), _kernel_grad(x, g, kernel, stride)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
