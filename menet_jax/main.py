@@ -12,12 +12,11 @@ resumes.
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from menet_jax.cli import fail, parse_flags
+from menet_jax.cli import define_config_flag, fail, parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
+define_config_flag("config", "Config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to do.")
 flags.mark_flags_as_required(["config", "workdir"])
