@@ -23,11 +23,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str, mode: str) -> None:
-    """What `main` does, callable from a notebook cell."""
+    """What `main` does, callable from a notebook cell.
+
+    The whole config (training, `me`, `adv` and `eval`) is checked before either phase, so a bad
+    evaluation key fails before training.
+    """
     import jax
 
     from menet_jax import evaluation, train
+    from menet_jax.config import validate
+    from menet_jax.evaluation.settings import validate_eval
 
+    validate(config)
+    validate_eval(config.eval)
     if jax.process_count() > 1:
         print(f"process {jax.process_index()} of {jax.process_count()}", file=sys.stderr)
     if mode in ("train", "train_and_eval"):

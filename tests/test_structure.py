@@ -1,5 +1,5 @@
-"""The shape of the codebase: no import cycle, modules and functions of readable size, and no
-reference to a document outside the repository."""
+"""The shape of the codebase: no import cycle (training below the evaluation), modules and
+functions of readable size, and no reference to a document outside the repository."""
 
 from __future__ import annotations
 
@@ -106,15 +106,26 @@ def test_cycle_finder_finds_a_cycle():
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_checkpoint_does_not_depend_on_training():
-    graph = _graph()
-    seen, todo = set(), ["menet_jax.checkpoint"]
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
     while todo:
         node = todo.pop()
         if node not in seen:
             seen.add(node)
             todo.extend(graph[node])
-    assert "menet_jax.train" not in seen
+    return seen
+
+
+def test_checkpoint_does_not_depend_on_training():
+    assert "menet_jax.train" not in _reachable(_graph(), "menet_jax.checkpoint")
+
+
+def test_training_does_not_depend_on_the_evaluation():
+    """The evaluation builds on training's modules, never the reverse: `main` checks the whole
+    config (training and eval sections) before calling either."""
+    seen = _reachable(_graph(), "menet_jax.train")
+    assert "menet_jax.defense" in seen  # the walk reached the modules training uses
+    assert not {m for m in seen if m.startswith("menet_jax.evaluation")}
 
 
 def test_modules_and_functions_are_of_readable_size():
