@@ -12,6 +12,7 @@ resumes.
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from menet_jax.cli import define_config_flag, fail, parse_flags
 
@@ -22,11 +23,13 @@ flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(config, workdir: str, mode: str) -> None:
+def run(config, workdir: str, mode: str, overrides=()) -> None:
     """What `main` does, callable from a notebook cell.
 
     The whole config (training, `me`, `adv` and `eval`) is checked before either phase, so a bad
-    evaluation key fails before training.
+    evaluation key fails before training. `overrides`: the keys set on the command line; in the
+    evaluation they may change only its own settings and ME's inference options
+    (`evaluation.suite.config_in_force`).
     """
     import jax
 
@@ -46,7 +49,7 @@ def run(config, workdir: str, mode: str) -> None:
             f"summary in {workdir}/summary.json"
         )
     if mode in ("eval", "train_and_eval"):
-        h = evaluation.evaluate(config, workdir)["headline"]
+        h = evaluation.evaluate(config, workdir, overrides=overrides)["headline"]
         lo, hi = h["interval"]
         print(
             f"headline robust accuracy {h['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on "
@@ -68,7 +71,8 @@ def main(argv):
 
     try:
         with watch():  # one flag for both phases: SIGTERM between them stops the second
-            run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+            overrides = config_flags.get_override_values(FLAGS["config"])
+            run(FLAGS.config, FLAGS.workdir, FLAGS.mode, overrides=tuple(overrides))
     except Preempted as e:  # SIGTERM: the work so far is saved; a launcher requeues on 143
         print(str(e), file=sys.stderr)
         return EXIT_CODE
