@@ -246,7 +246,9 @@ def test_an_inference_option_on_the_command_line_is_what_the_evaluation_runs(wor
     from menet_jax import checkpoint, input_pipeline
 
     w = str(tmp_path / "w")
-    shutil.copytree(workdirs[0], w)  # the module's workdir keeps its own results
+    # A copy without earlier results: the module's workdir keeps its own, and what is read below
+    # can only come from this evaluation.
+    shutil.copytree(workdirs[0], w, ignore=shutil.ignore_patterns("results.*", "eval_partial"))
     r = _eval_main(w, "--config.me.method=none", "--config.me.num_masks=2",  # = the run's
                    "--config.eval.attacks=clean,eot")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -269,7 +271,7 @@ def test_a_training_key_on_the_command_line_of_an_evaluation_is_refused(
     workdirs, tmp_path, key, value, trained
 ):
     w = str(tmp_path / "w")
-    shutil.copytree(workdirs[0], w)
+    shutil.copytree(workdirs[0], w, ignore=shutil.ignore_patterns("results.*", "eval_partial"))
     r = _eval_main(w, f"--config.{key}={value}")
     assert (r.returncode, r.stdout) == (1, "") and r.stderr.count("\n") == 1, r.stderr[-3000:]
     assert r.stderr.startswith(
