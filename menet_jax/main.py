@@ -14,21 +14,31 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from menet_jax.cli import fail, parse_flags
+from menet_jax.cli import define_config_flag, fail, parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
+define_config_flag("config", "Config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to do.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(config, workdir: str, mode: str) -> None:
-    """What `main` does, callable from a notebook cell."""
+def run(config, workdir: str, mode: str, overrides=()) -> None:
+    """What `main` does, callable from a notebook cell.
+
+    The whole config (training, `me`, `adv` and `eval`) is checked before either phase, so a bad
+    evaluation key fails before training. `overrides`: the keys set on the command line; in the
+    evaluation they may change only its own settings and ME's inference options
+    (`evaluation.suite.config_in_force`).
+    """
     import jax
 
     from menet_jax import evaluation, train
+    from menet_jax.config import validate
+    from menet_jax.evaluation.settings import validate_eval
 
+    validate(config)
+    validate_eval(config.eval)
     if jax.process_count() > 1:
         print(f"process {jax.process_index()} of {jax.process_count()}", file=sys.stderr)
     if mode in ("train", "train_and_eval"):
@@ -39,7 +49,7 @@ def run(config, workdir: str, mode: str) -> None:
             f"summary in {workdir}/summary.json"
         )
     if mode in ("eval", "train_and_eval"):
-        h = evaluation.evaluate(config, workdir)["headline"]
+        h = evaluation.evaluate(config, workdir, overrides=overrides)["headline"]
         lo, hi = h["interval"]
         print(
             f"headline robust accuracy {h['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on "
@@ -61,7 +71,8 @@ def main(argv):
 
     try:
         with watch():  # one flag for both phases: SIGTERM between them stops the second
-            run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+            overrides = config_flags.get_override_values(FLAGS["config"])
+            run(FLAGS.config, FLAGS.workdir, FLAGS.mode, overrides=tuple(overrides))
     except Preempted as e:  # SIGTERM: the work so far is saved; a launcher requeues on 143
         print(str(e), file=sys.stderr)
         return EXIT_CODE

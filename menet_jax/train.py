@@ -43,7 +43,6 @@ from menet_jax import (
 )
 from menet_jax import mesh as mesh_lib
 from menet_jax.config import ConfigError, check_model_fits, validate
-from menet_jax.evaluation.settings import validate_eval
 
 
 class TrainingDivergedError(RuntimeError):
@@ -199,7 +198,7 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation of clean accuracy (the attack suite lives in evaluate.py).
+# Evaluation of clean accuracy (the attack suite is `menet_jax.evaluation`).
 
 
 def evaluate_clean(
@@ -269,8 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns:
       The summary also written to WORKDIR/summary.json.
     """
-    validate(config)
-    validate_eval(config.eval)
+    validate(config)  # `main` checks the eval section too, before training
     _check_devices(config)
     check_model_fits(config)  # the dataset's images into config.model, before any work
     paths.makedirs(workdir)

@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmarks (tiny sizes): `name: value` lines; bad options exit with 2."""
+"""Smoke tests of the benchmarks (tiny sizes): `name: value` lines; bad options exit with 2, a
+--config file that cannot be loaded with 1."""
 
 import re
 
@@ -85,7 +86,6 @@ def test_grad_benchmark_prints_documented_keys(capsys):
         (me.main, ["--num-images", "x"], "'x'"),
         (train.main, ["--steps", "0"], "--steps=0"),
         (train.main, ["--method", "svd"], "--method='svd'"),
-        (train.main, ["--config", "configs/nope.py"], "configs/nope.py"),
         (attack.main, ["--models", "vgg"], "'vgg'"),
         (attack.main, ["--batch", "0"], "--batch=0"),
         (attack.main, ["--unknown"], "--unknown"),
@@ -95,7 +95,6 @@ def test_grad_benchmark_prints_documented_keys(capsys):
         (grad.main, ["--repeats", "0"], "--repeats=0"),
         (bench_eval.main, ["--examples", "0"], "--examples=0"),
         (bench_eval.main, ["--attacks", "pgd,nope"], "'pgd,nope'"),
-        (bench_eval.main, ["--config", "configs/nope.py"], "configs/nope.py"),
         (bench_cli.main, ["profile"], "'profile'"),
         (bench_cli.main, [], "nothing"),
     ],
@@ -105,6 +104,15 @@ def test_bad_option_is_one_error_line_and_exit_code_2(main, argv, named, capsys)
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and named in err
+
+
+@pytest.mark.parametrize("main", [train.main, bench_eval.main])
+def test_a_config_file_that_cannot_be_loaded_is_exit_code_1_as_in_main(main, capsys):
+    """A --config that cannot be loaded ends as in every entry point (tests/test_cli.py runs
+    each as a process): one line, exit code 1."""
+    assert main(["--config", "configs/nope.py"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: config file 'configs/nope.py' does not exist\n"
 
 
 def test_eval_benchmark_digits_take_the_dataset_shape():

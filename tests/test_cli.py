@@ -52,3 +52,39 @@ def test_subcommand_equals_python_dash_m(script, sub, module):
     assert (a.returncode, a.stdout) == (b.returncode, b.stdout)
     assert a.stderr.strip().splitlines()[-1:] == b.stderr.strip().splitlines()[-1:]
     assert a.stdout or a.stderr  # each printed something: the comparison is not of two silences
+
+
+ENTRY_POINTS = {
+    "main": ["menet_jax.main", "--workdir=/nonexistent/menet"],
+    "study": ["menet_jax.study", "p_tradeoff", "--workdir=/nonexistent/menet"],
+    "convert": ["menet_jax.convert", "--torch=/nonexistent/x.ckpt", "--workdir=/nonexistent/w"],
+    "bench train": ["menet_jax.bench", "train"],
+    "bench eval": ["menet_jax.bench", "eval"],
+}
+
+
+def _config_arg(entry: str, spec: str) -> list[str]:
+    """--config as the entry point spells it (absl: one argument; argparse: two), with an
+    override after it where absl takes them (the override must not hide the load error)."""
+    if entry.startswith("bench"):
+        return ["--config", spec]
+    return [f"--config={spec}", "--config.seed=3"]
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("configs/nope.py", "error: config file 'configs/nope.py' does not exist\n"),
+        ("configs/cifar10.py:nosuch", "error: unknown config variant 'nosuch'; allowed: adv, "),
+        ("{tmp}/broken.py", "error: config file '{tmp}/broken.py' could not be run: SyntaxError"),
+    ],
+    ids=["missing", "variant", "syntax"],
+)  # fmt: skip
+def test_a_config_file_that_cannot_be_loaded_is_one_line_and_exit_1(entry, spec, message, tmp_path):
+    (tmp_path / "broken.py").write_text("def get_config(:\n    pass\n")
+    spec, message = spec.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    module, *rest = ENTRY_POINTS[entry]
+    out = _run([sys.executable, "-m", module, *rest, *_config_arg(entry, spec)])
+    assert (out.returncode, out.stdout) == (1, ""), out.stderr[-2000:]
+    assert out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr[-2000:]

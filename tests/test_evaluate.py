@@ -75,7 +75,7 @@ def test_report_has_every_row_check_and_budget(me_report, workdirs):
     assert sorted(r["checks"]) == sorted(EXPECTED_CHECKS)
     with open(os.path.join(workdirs[0], "results.json")) as f:
         assert json.load(f) == json.loads(json.dumps(r))  # JSON-serialisable, written as is
-    assert r["schema_version"] == 3
+    assert r["schema_version"] == 4
     accs = [r["clean"]["accuracy"], r["headline"]["accuracy"]]
     accs += [a["accuracy"] for a in r["attacks"].values()]
     assert all(0 <= a <= 1 for a in accs)
@@ -190,6 +190,95 @@ def test_user_errors(workdirs, tmp_path):
     c.eval.transfer.source_workdir = other
     with pytest.raises(ValueError, match="source_workdir"):
         evaluation.evaluate(c, workdirs[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The config in force: the run's, with the evaluation's settings and ME's inference options
+
+
+def test_config_in_force_takes_inference_options_and_refuses_training_keys():
+    from menet_jax.config import ConfigError
+    from menet_jax.evaluation.suite import config_in_force
+
+    run = tiny_config(**{"me.inference_p": 0.45})
+    given = tiny_config(**{"me.method": "softimpute", "me.shrinkage": 0.5, "me.votes": 3})
+    given.num_epochs, given.eval.eps = 9, 0.1  # differs, but not set on purpose
+    got, changed = config_in_force(given, run, ["me.method", "me.shrinkage", "me.num_masks"])
+    assert changed == {"me.method": {"trained": "usvt", "evaluated": "softimpute"},
+                       "me.shrinkage": {"trained": None, "evaluated": 0.5}}  # fmt: skip
+    assert (got.me.method, got.me.shrinkage, got.me.votes, got.eval.eps) == (
+        "softimpute",
+        0.5,
+        3,
+        0.1,
+    )
+    assert got.num_epochs == run.num_epochs and got.me.channels == run.me.channels
+    assert got.me.inference_p == 0.45  # None on the command line keeps the run's
+    assert run.me.method == "usvt"  # the run's config is not modified
+    # data_dir says where the dataset is read, except for an image folder: its files are the data.
+    got, changed = config_in_force(tiny_config(data_dir="/elsewhere"), run, ["data_dir"])
+    assert got.data_dir == "/elsewhere" and changed == {}
+    folder = tiny_config(dataset="image_folder", data_dir="/a")
+    with pytest.raises(ConfigError, match=r"^config\.data_dir='/b' differs from data_dir='/a'"):
+        config_in_force(tiny_config(dataset="image_folder", data_dir="/b"), folder, ["data_dir"])
+    for key, value in [("seed", 7), ("me.p_start", 0.2), ("model_width", 32), ("adv.steps", 3)]:
+        given = tiny_config(**{key: value})
+        with pytest.raises(ConfigError, match=rf"^config\.{key}={value!r} differs from {key}="):
+            config_in_force(given, run, [key], source="W/config.json")
+
+
+def _eval_main(workdir, *args):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "menet_jax.main", "--config=configs/mnist_demo.py",
+           f"--workdir={workdir}", "--mode=eval", "--config.progress_bar=False",
+           f"--config.eval.num_examples={N}", f"--config.eval_batch_size={N}",
+           "--config.eval.eval_keys=2", *args]  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+
+
+def test_an_inference_option_on_the_command_line_is_what_the_evaluation_runs(workdirs, tmp_path):
+    """--config.me.method=none on a USVT run: the reconstruction is the identity, so ME-Net's
+    clean rate of every example is the bare network's correctness (computed here apart), the
+    ME-only rows are skipped, and results.json / .md record the option."""
+    from menet_jax import checkpoint, input_pipeline
+
+    w = str(tmp_path / "w")
+    # A copy without earlier results: the module's workdir keeps its own, and what is read below
+    # can only come from this evaluation.
+    shutil.copytree(workdirs[0], w, ignore=shutil.ignore_patterns("results.*", "eval_partial"))
+    r = _eval_main(w, "--config.me.method=none", "--config.me.num_masks=2",  # = the run's
+                   "--config.eval.attacks=clean,eot")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(os.path.join(w, "results.json")))
+    assert res["inference_overrides"] == {"me.method": {"trained": "usvt", "evaluated": "none"}}
+    assert res["me"]["method"] == "none" and "ME-only" in res["skipped"]["rows"]["eot"]
+    clf = checkpoint.load(w)
+    assert clf.config.me.method == "usvt"  # config.json is the trained run's, unchanged
+    images, labels = input_pipeline.load_split("mnist_5k", "test")
+    logits = clf.network(input_pipeline.to_float(images[:N]))
+    network_correct = np.asarray(np.argmax(logits, -1) == labels[:N], float)
+    np.testing.assert_array_equal(np.load(os.path.join(w, "results.npz"))["clean"], network_correct)
+    md = open(os.path.join(w, "results.md")).read()
+    assert "Evaluated with ME options other than the run was trained with: me.method='none' " \
+        "(trained 'usvt')." in md  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value", "trained"), [("seed", 7, 0), ("me.p_start", 0.2, 0.4)])
+def test_a_training_key_on_the_command_line_of_an_evaluation_is_refused(
+    workdirs, tmp_path, key, value, trained
+):
+    w = str(tmp_path / "w")
+    shutil.copytree(workdirs[0], w, ignore=shutil.ignore_patterns("results.*", "eval_partial"))
+    r = _eval_main(w, f"--config.{key}={value}")
+    assert (r.returncode, r.stdout) == (1, "") and r.stderr.count("\n") == 1, r.stderr[-3000:]
+    assert r.stderr.startswith(
+        f"error: config.{key}={value!r} differs from {key}={trained!r} in {w}/config.json, the "
+        "run being evaluated, and cannot apply to a trained network: drop the override"
+    )
+    assert not os.path.exists(os.path.join(w, "results.json"))
 
 
 # ---------------------------------------------------------------------------------------------

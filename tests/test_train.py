@@ -337,8 +337,11 @@ def test_adversarial_training_draws_a_fresh_final_mask_every_epoch(tmp_path, mon
 
 
 def test_eval_settings_are_validated_before_training(tmp_path):
-    with pytest.raises(ValueError, match="config.eval.attacks"):
-        train.train_and_evaluate(tiny_config(**{"eval.attacks": "pgd,laser"}), str(tmp_path))
+    # `main` checks the whole config before training (training itself knows no eval keys).
+    r = _run_main("--config=configs/mnist_demo.py", f"--workdir={tmp_path}", "--mode=train",
+                  "--config.eval.attacks=pgd,laser")  # fmt: skip
+    assert (r.returncode, r.stdout) == (1, "") and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert r.stderr.startswith("error: config.eval.attacks='pgd,laser' names unknown kinds")
     with pytest.raises(ConfigError, match="config.eval.eot.steps"):
         validate_eval(tiny_config(**{"eval.eot.steps": 0}).eval)
     # A budget key of the old flat layout names the section it moved to.

@@ -4,6 +4,7 @@ Every result is one `name: value` line on stdout (`report`), so a run can be gre
 and pasted into BENCHMARKS.md. A command line the benchmark cannot run with (an unknown option,
 a value out of range) gives one `error: <sentence>` line on stderr and exit code 2: `Parser`
 raises `UsageError` where argparse would print its usage and exit, and `fail` prints the line.
+A `--config` file that cannot be loaded is one line and exit code 1, as in `menet_jax.main`.
 """
 
 import argparse

@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from menet_jax import input_pipeline
+from menet_jax import cli, input_pipeline
 from menet_jax.bench import common
-from menet_jax.config import load_config
+from menet_jax.config import ConfigError, load_config
 from menet_jax.evaluation import settings
 
 _LOAD_SPLIT = input_pipeline.load_split  # the real loader, also while main() replaces it
@@ -55,21 +55,29 @@ def _parse(argv):
     for name in ("examples", "epochs"):
         if getattr(args, name) < 1:
             raise common.UsageError(f"--{name}={getattr(args, name)} must be a positive integer.")
+    if args.attacks:
+        try:  # before training, not after
+            settings.parse_attacks(args.attacks)
+        except ConfigError as e:
+            raise common.UsageError(str(e)) from None
     config = load_config(args.config)
     config.num_epochs = args.epochs
     config.eval.num_examples = args.examples
     config.eval.transfer.source_workdir = None  # no source model: its row is skipped
     if args.attacks:
-        settings.parse_attacks(args.attacks)  # ConfigError before training, not after
         config.eval.attacks = args.attacks
     return args, config
 
 
 def main(argv: list[str]) -> int:
+    """Runs the benchmark; returns a process exit code (2 for a bad option, 1 for a config file
+    that cannot be loaded, as `menet_jax.main` exits)."""
     try:
         args, config = _parse(argv)
-    except ValueError as e:  # UsageError, ConfigError
+    except common.UsageError as e:
         return common.fail(e)
+    except ConfigError as e:
+        return cli.fail(str(e))
     from menet_jax import evaluation, train
 
     shape = input_pipeline.get_info(config.dataset, data_dir=config.data_dir).image_shape

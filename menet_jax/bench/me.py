@@ -221,7 +221,8 @@ def _whole_machine(workers, names, args, lanes, batch, images, base_results) -> 
         kind = BASELINE_OF[s]
         lib = BASELINES[kind][0]
         if kind in base_results:
-            # The issue's comparison: this machine's cores vs the authors' loop as they ran it.
+            # The comparison this benchmark is for: the machine's cores against the authors' loop
+            # as they ran it.
             speedup = rate / base_results[kind][0]
             common.report(f"jax_{s}_speedup_vs_{lib}_machine", f"{speedup:.1f}")
         if kind in base_rates:

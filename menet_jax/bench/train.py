@@ -16,9 +16,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from menet_jax import input_pipeline, state, train
+from menet_jax import cli, input_pipeline, state, train
 from menet_jax.bench import common
-from menet_jax.config import load_config
+from menet_jax.config import ConfigError, load_config
 from menet_jax.me.reconstruct import METHODS
 
 
@@ -143,7 +143,8 @@ def torch_images_per_s(config, *, steps: int) -> float | None:
 
 
 def _parse(argv: list[str]):
-    """The options and the config; raises ValueError on a value the run cannot use."""
+    """The options and the config; raises UsageError on an option the run cannot use, ConfigError
+    on a config file that cannot be loaded."""
     parser = common.Parser(prog="python -m menet_jax.bench train", description=__doc__)
     parser.add_argument("--config", default="configs/mnist_demo.py")
     parser.add_argument("--steps", type=int, default=30)
@@ -156,7 +157,7 @@ def _parse(argv: list[str]):
         )
     if args.method and args.method not in METHODS:
         raise common.UsageError(f"--method={args.method!r} must be one of {', '.join(METHODS)}.")
-    config = load_config(args.config)  # ConfigError (a ValueError) for a missing file
+    config = load_config(args.config)
     if args.batch_size:
         config.batch_size = args.batch_size
     if args.method:
@@ -165,11 +166,14 @@ def _parse(argv: list[str]):
 
 
 def main(argv: list[str]) -> int:
-    """Runs the benchmark; returns a process exit code (2 for a bad option)."""
+    """Runs the benchmark; returns a process exit code (2 for a bad option, 1 for a config file
+    that cannot be loaded, as `menet_jax.main` exits)."""
     try:
         args, config = _parse(argv)
-    except ValueError as e:
+    except common.UsageError as e:
         return common.fail(e)
+    except ConfigError as e:
+        return cli.fail(str(e))
     _, count, kind = common.devices()
     common.report("device", f"{count} x {kind}")
     common.report("config", f"{args.config} model={config.model} batch={config.batch_size}")

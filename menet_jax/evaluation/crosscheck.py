@@ -16,6 +16,7 @@ means the suite's rows miss an attack the model is weak to.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -81,13 +82,17 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     if not paths.exists(report_path):
         raise FileNotFoundError(f"{report_path} does not exist; run --mode=eval first")
     results = json.loads(paths.read_text(report_path))
-    if results.get("schema_version") not in (2, report.RESULTS_SCHEMA_VERSION):
+    if results.get("schema_version") not in (2, 3, report.RESULTS_SCHEMA_VERSION):
         raise ValueError(f"{report_path} is from another results schema; re-run --mode=eval")
     stored = paths.load_npz(paths.join(workdir, "results.npz"))
     head, R = results["headline"], int(results["eval_keys"])
     n = head["n"]
     eps = next(float(a["params"]["eps"]) for a in results["attacks"].values() if a["in_headline"])
-    clf = dataclasses.replace(checkpoint.load(workdir), inference_p=results["me"]["inference_p"])
+    clf = checkpoint.load(workdir)
+    evaluated = copy.deepcopy(clf.config)  # the ME the evaluation ran, not only the trained one
+    for key, values in results.get("inference_overrides", {}).items():
+        evaluated.me[key.split(".", 1)[1]] = values["evaluated"]
+    clf = dataclasses.replace(clf, config=evaluated, inference_p=results["me"]["inference_p"])
     run_config = clf.config
     images, labels = input_pipeline.load_split(
         run_config.dataset, "test", data_dir=run_config.data_dir

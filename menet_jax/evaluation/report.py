@@ -16,8 +16,9 @@ from menet_jax import paths
 from menet_jax.evaluation import checks, protocol
 
 # 2: expected single-mask accuracy, `headline`, results.npz; 3: rows carry their `role`,
-# `num_classes`, `resumed_rows`, `budgets.runtime_checks`, results.npz `headline_top5`.
-RESULTS_SCHEMA_VERSION = 3
+# `num_classes`, `resumed_rows`, `budgets.runtime_checks`, results.npz `headline_top5`;
+# 4: `inference_overrides` (ME options evaluated otherwise than trained).
+RESULTS_SCHEMA_VERSION = 4
 
 
 def _fmt(v) -> str:
@@ -54,6 +55,16 @@ def write_markdown(report: dict, path: str) -> None:
         "it correctly, averaged over examples, as the paper and Tramer et al. judge. The Vote "
         "column is a different classifier: the majority over the same R masks.",
         "",
+    ]
+    changed = report.get("inference_overrides") or {}
+    if changed:
+        lines += [
+            "Evaluated with ME options other than the run was trained with: "
+            + ", ".join(f"{k}={v['evaluated']!r} (trained {v['trained']!r})"
+                        for k, v in changed.items()) + ".",
+            "",
+        ]  # fmt: skip
+    lines += [
         "| Attack | Threat model | eps | Steps | Step size | Restarts | Samples | Examples "
         "| Accuracy | 95% CI | Vote |" + (" Top-5 |" if top5 else ""),
         "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if top5 else ""),

@@ -1,13 +1,15 @@
 """The attack suite: the rows of `config.eval.attacks`, run on a trained run's checkpoint.
 
-`evaluate(config, workdir)` restores WORKDIR's classifier (model and ME from WORKDIR/config.json;
-the budgets from `config.eval`, the vote size `config.me.votes`, an optional
-`config.me.inference_p` override), plans the rows of the selected kinds (`rows.KINDS`: each kind
-of row, its config section, threat model and checks, is defined once there), runs them one after
-another on prefixes of the run's test split, and writes results.json / .md / .npz (`report`) and
-the evaluation's figures (`figures`: PNGs, TensorBoard). The counted rows (white-box and gray-box
-at eval.eps) all run on the first eval.num_examples examples and make the headline; the others
-are diagnostics.
+`evaluate(config, workdir, overrides=...)` restores WORKDIR's classifier under the config in force
+(`config_in_force`, docs/method.md §6.6): the run's WORKDIR/config.json with the evaluation's
+own settings from `config` (the budgets `config.eval`, `eval_batch_size`, the vote size
+`config.me.votes`, an optional `config.me.inference_p`) and the ME inference options the caller
+set on purpose (`overrides`: me.method, the solver's options). It plans the rows of the selected
+kinds (`rows.KINDS`: each kind of row, its config section, threat model and checks, is defined
+once there), runs them one after another on prefixes of the run's test split, and writes
+results.json / .md / .npz (`report`) and the evaluation's figures (`figures`: PNGs,
+TensorBoard). The counted rows (white-box and gray-box at eval.eps) all run on the first
+eval.num_examples examples and make the headline; the others are diagnostics.
 
 Judging (docs/method.md §6, `protocol`): 2R = 2 * eval.eval_keys draws shared by every row
 (`judging_keys`); draw r masks example i with fold_in(rng.stream(seed, rng.JUDGE), r) folded with
@@ -33,11 +35,13 @@ after the current row is saved and raises `preemption.Preempted`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +49,17 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from menet_jax import attacks, checkpoint, cluster, input_pipeline, monitor, paths, preemption, rng
+from menet_jax import (
+    attacks,
+    checkpoint,
+    cluster,
+    defense,
+    input_pipeline,
+    monitor,
+    paths,
+    preemption,
+    rng,
+)
 from menet_jax.config import ConfigError
 from menet_jax.evaluation import figures, protocol, report
 from menet_jax.evaluation.rows import KINDS, Plan, Row
@@ -242,43 +256,140 @@ class _Store:
 
 
 # ---------------------------------------------------------------------------------------------
-# The evaluation
+# The config in force
+
+# The keys an evaluation takes from the caller's config whatever the run's: its own settings.
+EVALUATION_KEYS = ("eval", "eval_batch_size", "progress_bar", "me.votes", "me.inference_p")
 
 
-@preemption.watch()
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs the attack suite on WORKDIR's checkpoint; writes WORKDIR/results.json and results.md.
+def _get(config: ml_collections.ConfigDict, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def _plain(value):
+    """A value as config.json holds it (tuples as lists, sections as dicts), for comparing."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return json.loads(value.to_json())
+    return json.loads(json.dumps(value))
+
+
+def config_in_force(
+    config: ml_collections.ConfigDict,
+    run: ml_collections.ConfigDict,
+    overrides: Iterable[str] = (),
+    *,
+    source: str = "config.json",
+) -> tuple[ml_collections.ConfigDict, dict]:
+    """The config an evaluation runs with: the trained run's, with the caller's own settings.
 
     Args:
-      config: the evaluation config; `config.eval` gives the rows and budgets, `config.me.votes`
-        the size of the majority vote, `config.me.inference_p` (unless None) overrides the run's
-        inference p.
-      workdir: a trained run's workdir.
+      config: the caller's config (the command line's): `EVALUATION_KEYS` come from it.
+      run: the trained run's config (WORKDIR/config.json): every other key comes from it.
+      overrides: the keys of `config` set on purpose (the command line's --config.KEY=VALUE).
+        One of ME's inference options (`defense.INFERENCE_KEYS`: me.method, me.channels, the
+        solver's options) replaces the run's at inference; `data_dir` says where the dataset
+        is read (except for an image folder, whose files define the dataset); any other key
+        must equal the run's.
+      source: where `run` was read, for the message.
 
     Returns:
-      The report written to results.json.
+      (the config in force, {"me.KEY": {"trained": run's, "evaluated": config's}} for each
+      inference option that differs from the run's).
+
+    Raises:
+      ConfigError: a key of `overrides` that is neither the evaluation's own nor an inference
+        option differs from the run's (the evaluation cannot apply it: the run is trained).
     """
-    t_start = time.time()
+    evaluated = copy.deepcopy(run)
+    for key in EVALUATION_KEYS:
+        *path, last = key.split(".")
+        (_get(evaluated, ".".join(path)) if path else evaluated)[last] = copy.deepcopy(
+            _get(config, key)
+        )
+    if config.me.inference_p is None:  # None: the run's inference p
+        evaluated.me.inference_p = run.me.inference_p
+    inference = [f"me.{k}" for k in defense.INFERENCE_KEYS]
+    changed = {}
+    for key in sorted(set(overrides)):
+        if any(key == k or key.startswith(k + ".") for k in EVALUATION_KEYS):
+            continue
+        given, trained = _get(config, key), _get(run, key)
+        if _plain(given) == _plain(trained):
+            continue
+        if key == "data_dir" and run.dataset != input_pipeline.IMAGE_FOLDER:
+            evaluated.data_dir = given  # where this machine keeps the run's dataset
+            continue
+        if key not in inference:
+            own = ", ".join(k + ".*" if k == "eval" else k for k in EVALUATION_KEYS)
+            raise ConfigError(
+                f"config.{key}={given!r} differs from {key}={trained!r} in {source}, the run "
+                "being evaluated, and cannot apply to a trained network: drop the override, or "
+                f"train a run with it (an evaluation may change its own settings {own}, ME's "
+                f"inference options {', '.join(inference)} and, but for an image folder, data_dir)"
+            )
+        evaluated.me[key.split(".")[1]] = given
+        changed[key] = {"trained": _plain(trained), "evaluated": _plain(given)}
+    return evaluated, changed
+
+
+def _load_target(config, workdir: str, overrides: Iterable[str]):
+    """(the classifier in force, its Target, the source Target or None, the ME options it is
+    evaluated with otherwise than trained), after every check that needs no checkpoint."""
     ev = config.eval
     validate_eval(ev)
     groups = parse_attacks(ev.attacks)
     if not paths.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} does not exist; train a model there first")
+    source_path = paths.join(workdir, checkpoint.CONFIG_FILE)
+    config, changed = config_in_force(
+        config, checkpoint.read_config(workdir), overrides, source=source_path
+    )
     if config.eval_batch_size % jax.device_count():
         raise ConfigError(
             f"config.eval_batch_size={config.eval_batch_size} must be divisible by the number of "
             f"devices ({jax.device_count()}): the evaluation's batches are split over all of them"
         )
     clf = checkpoint.load(workdir)
-    run = clf.config
-    if config.me.inference_p is not None:
-        clf = dataclasses.replace(clf, inference_p=float(config.me.inference_p))
-    votes = int(config.me.votes)
+    clf = dataclasses.replace(
+        clf, config=config, inference_p=defense.default_inference_p(config.me)
+    )
     top5 = clf.num_classes > 10
-    model = Target(clf, votes=votes, top5=top5, gradient=ev.gradient)
+    model = Target(clf, votes=int(config.me.votes), top5=top5, gradient=ev.gradient)
     source, source_dir = None, ev.transfer.source_workdir
     if "transfer" in groups and source_dir:
-        source = _load_source(source_dir, run, votes=votes, top5=top5)
+        source = _load_source(source_dir, config, votes=int(config.me.votes), top5=top5)
+    return clf, model, source, groups, changed
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation
+
+
+@preemption.watch()
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, overrides: Iterable[str] = ()
+) -> dict:
+    """Runs the attack suite on WORKDIR's checkpoint; writes WORKDIR/results.json and results.md.
+
+    Args:
+      config: the evaluation config; `config.eval` gives the rows and budgets, `config.me.votes`
+        the size of the majority vote, `config.me.inference_p` (unless None) overrides the run's
+        inference p. Every other key comes from WORKDIR/config.json (`config_in_force`).
+      workdir: a trained run's workdir.
+      overrides: the keys of `config` set on purpose (the command line's --config.KEY=VALUE):
+        ME's inference options among them replace the run's (results.json's
+        `inference_overrides`); any other key that differs from the run's is refused.
+
+    Returns:
+      The report written to results.json.
+    """
+    t_start = time.time()
+    clf, model, source, groups, changed = _load_target(config, workdir, overrides)
+    config = run = clf.config  # the config in force: the run's, with the evaluation's settings
+    ev, votes, top5 = config.eval, model.votes, clf.num_classes > 10
+    source_dir = ev.transfer.source_workdir or None
 
     images, labels = input_pipeline.load_split(run.dataset, "test", data_dir=run.data_dir or None)
     n_all = len(labels) if ev.num_examples is None else min(int(ev.num_examples), len(labels))
@@ -347,6 +458,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         model=run.model,
         num_classes=clf.num_classes,
         me={"method": run.me.method, "inference_p": clf.inference_p, "votes": votes},
+        inference_overrides=changed,
         source_workdir=source_dir or None,
         eval_keys=R,
         resumed_rows=resumed,

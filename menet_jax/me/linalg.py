@@ -61,7 +61,7 @@ def eigh(g: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices [..., m, m].
 
     `jnp.linalg.eigh` (input symmetrised), except on a CPU backend with more than one device:
-    there jaxlib 0.10's LAPACK kernel splits a batch into chunks, schedules them on XLA:CPU's
+    there jaxlib's LAPACK kernel splits a batch into chunks, schedules them on XLA:CPU's
     shared intra-op thread pool and blocks its own pool thread until they finish; two devices'
     programs doing that at once can occupy every thread, and the step waits forever
     (docs/method.md §9). So there each matrix gets its own LAPACK call (a loop, also under

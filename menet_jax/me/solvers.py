@@ -139,8 +139,8 @@ def neighbour_fill(a0: jax.Array, obs: jax.Array, *, sweeps: int = 1) -> jax.Arr
 
     Each entry gets the average of the observed entries in its 3x3 neighbourhood (0 where there
     are none; zero padding at the edges), then `sweeps` times the missing entries are replaced
-    by the 3x3 average of the filled matrix. The accelerated solvers use one sweep: it saves
-    iterations, more sweeps did not save more (BENCHMARKS.md).
+    by the 3x3 average of the filled matrix. The accelerated solvers use one sweep (BENCHMARKS.md
+    compares the warm starts).
     """
 
     def box(x):
@@ -400,8 +400,7 @@ def softimpute(
       accelerated: add FISTA momentum with gradient-mapping restarts and warm-start the
         missing entries from `neighbour_fill` (the mean of their observed 3x3 neighbours,
         smoothed once). Same fixed point (the minimiser of
-        lambda*||Z||_* + 0.5*||P_obs(Z - A)||^2), reached in fewer iterations (about a quarter
-        as many on photo tiles, BENCHMARKS.md).
+        lambda*||Z||_* + 0.5*||P_obs(Z - A)||^2), reached in fewer iterations (BENCHMARKS.md).
       init: optional [..., m, n] warm start for the missing entries (default zeros, or
         `neighbour_fill` when accelerated).
       lanes: if set and smaller than the batch, iterate only this many matrices at a time and
@@ -416,7 +415,8 @@ def softimpute(
         matrices: the training step runs it per device (`sprime.per_device_reconstruction`),
         since over a sharded batch the loop's stopping test would be a cross-device reduction
         every iteration. (On a CPU backend with several devices the eigendecompositions go
-        to LAPACK one matrix at a time, `linalg.eigh`: the batched kernel hung such steps.)
+        to LAPACK one matrix at a time, `linalg.eigh`: the batched kernel can wait forever
+        there.)
       return_iterations: also return each matrix's iteration count.
       differentiable: give the estimate an exact reverse-mode gradient in `a` (and in a traced
         shrinkage) for this fixed mask: the implicit-function gradient of the fixed point

@@ -4,15 +4,15 @@
 kernel_size // 2 on every side, as the authors' PyTorch models pad) and its own reverse-mode
 rule. JAX transposes a convolution, for the gradient in its input, into a convolution whose
 kernel keeps the forward (H, W, I, O) axes with the roles of I and O swapped; inside the body of
-a `lax.fori_loop` / `while_loop` (every jitted attack) XLA:CPU (jax 0.10) leaves that
-convolution in its non-canonical form and runs it outside its fast convolution library: Madry's
-MNIST CNN's forward+backward pass took 3.3x as long in a loop as outside one, a ResNet 3x3
-convolution's about 5x (BENCHMARKS.md, "Attack loop speed (issue 9)"). Here the input gradient
-is written out as the convolution of the output gradient with the kernel flipped in H and W and
-its I and O axes swapped, an ordinary HWIO convolution (with the output gradient dilated by the
-stride for strided layers), or, for a one-channel input at stride 1, as a matmul and shifted
-sums. The kernel's gradient is JAX's own, or on a CPU, for wide inputs and strided layers,
-one contraction per kernel tap (`_kernel_grad`). Reverse mode only (`jax.jvp` through it raises).
+a `lax.fori_loop` / `while_loop` (every jitted attack) XLA:CPU leaves that convolution in its
+non-canonical form and runs it outside its fast convolution library, so a network's backward
+pass is much slower in a loop than outside one (BENCHMARKS.md, "Attack loop speed"). Here the
+input gradient is written out as the convolution of the output gradient with the kernel flipped
+in H and W and its I and O axes swapped, an ordinary HWIO convolution (with the output gradient
+dilated by the stride for strided layers), or, for a one-channel input at stride 1, as a matmul
+and shifted sums. The kernel's gradient is JAX's own, or on a CPU, for wide inputs and strided
+layers, one contraction per kernel tap (`_kernel_grad`). Reverse mode only (`jax.jvp` through it
+raises).
 
 `Conv` is `nnx.Conv` (same parameters, names and initialisation) computing through `conv2d`.
 """
@@ -58,8 +58,8 @@ def _input_grad_one_channel(g: jax.Array, kernel: jax.Array) -> jax.Array:
 
     dx[b, y, x] = sum over (i, j, o) of g[b, y + p_h - i, x + p_w - j, o] kernel[i, j, 0, o]:
     every output pixel's g[b, y', x', :] . kernel[i, j, 0, :] for all (i, j) at once
-    ([B*H*W, O] @ [O, kh*kw]), then each (i, j) slice added in at its offset. XLA:CPU runs the
-    equivalent convolution with one output channel about 3x slower (MNIST's first layer).
+    ([B*H*W, O] @ [O, kh*kw]), then each (i, j) slice added in at its offset: XLA:CPU runs the
+    equivalent convolution with one output channel (MNIST's first layer) slower than this.
     """
     kh, kw, _, co = kernel.shape
     b, h, w = g.shape[:3]

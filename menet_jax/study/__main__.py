@@ -14,10 +14,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from menet_jax.cli import fail, parse_flags
+from menet_jax.cli import define_config_flag, fail, parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Base config file (configs/*.py[:variant]).")
+define_config_flag("config", "Base config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Where models, points and the study's outputs go.")
 flags.DEFINE_bool("list", False, "List the studies and exit.")
 
@@ -44,10 +44,6 @@ def main(argv) -> int:
         return fail(f"unknown study {names[0]!r}; the studies are {', '.join(STUDIES)}")
     if FLAGS.config is None or not FLAGS.workdir:
         return fail("--config and --workdir are required")
-    try:  # config_flags reports a config file that failed to load on first use
-        FLAGS.config.get("dataset")
-    except OSError as e:
-        return fail("could not load --config: " + " ".join(str(e).split()))
     import os
 
     from absl import logging

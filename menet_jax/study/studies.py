@@ -1,7 +1,7 @@
 """The supplement's studies (docs/method.md §8) as declarations, at the CPU demo's scale.
 
-Defaults suit `configs/mnist_demo.py` on a 2-core CPU (n = 200-300 test digits, cut budgets;
-all seven together about two hours there); every default is a config override, so
+Defaults suit `configs/mnist_demo.py` on a CPU (n = 200-300 test digits, cut budgets; README
+gives the time of all seven); every default is a config override, so
 `--config.eval.num_examples=1000 --config.eval.eot.steps=200` restores larger budgets. Grids are
 relative to the base config where the paper's are (eps fractions of eval.eps, step sizes
 multiples of eval.step_size), so the same study runs on the dataset configs. Every evaluated point
