@@ -9,7 +9,7 @@ step 2/255) with nuclear-norm ME, learning rate decayed at 50/100/150 as the aut
 `wrn` swaps in WRN-28-10; `one_mask` trains on one mask per image, the default of the authors'
 train_adv.py (`--mask-num 1`; `configs/cifar10.py:adv,one_mask`).
 
-`cpu` is CIFAR-10 at the scale of a 2-core CPU (README "CIFAR-10 on a CPU"): ResNet-18 at a
+`cpu` is CIFAR-10 at the scale of a small CPU (README "CIFAR-10 on a CPU"): ResNet-18 at a
 quarter of its width (16 channels in the first stage, 701,466 parameters instead of 11.2M), the
 same number of training images for every model (1,300 steps of 128: 166,400 images, 3.3 passes
 over the 50,000 photos for the vanilla model) with a warmup + cosine learning rate, ME inside the
