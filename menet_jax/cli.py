@@ -86,9 +86,9 @@ def parse_flags(argv):
 
 # subcommand -> (module run as __main__, arguments put before the user's, what it does)
 SUBCOMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "run": ("menet_jax.main", ("--mode=train_and_eval",), "train, then evaluate (the default)"),
-    "train": ("menet_jax.main", ("--mode=train",), "train (resumes from the workdir)"),
-    "eval": ("menet_jax.main", ("--mode=eval",), "evaluate a workdir's checkpoint"),
+    "run": ("menet_jax.main", ("--mode=train_and_eval",), "train, then eval (the default)"),
+    "train": ("menet_jax.main", ("--mode=train",), "training (resumes) and clean accuracy"),
+    "eval": ("menet_jax.main", ("--mode=eval",), "the attack suite on a workdir's checkpoint"),
     "study": ("menet_jax.study", (), "one of the supplement's studies (--list names them)"),
     "convert": ("menet_jax.convert", (), "import the authors' PyTorch checkpoint"),
     "bench": ("menet_jax.bench", (), "benchmarks: me, train, attack, grad, eval"),
