@@ -39,9 +39,9 @@ from menet_jax import (
     monitor,
     paths,
     preemption,
+    recipe,
     rng,
     sprime,
-    state,
 )
 from menet_jax import mesh as mesh_lib
 from menet_jax.config import ConfigError, check_model_fits, validate
@@ -125,7 +125,7 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
 
 def host_batch(config, data: Data, source: np.ndarray, step: int, *, online: bool) -> dict:
     """This process's slice of global batch `step` as numpy arrays."""
-    n = state.num_copies(config)
+    n = recipe.num_copies(config)
     idx = input_pipeline.local_batch_indices(
         config.seed,
         step,
@@ -187,8 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         source = data.train_images
 
-    model = state.create_model(config, data.info)
-    optimizer = state.create_optimizer(model, config, num_train)
+    model = recipe.create_model(config, data.info)
+    optimizer = recipe.create_optimizer(model, config, num_train)
     graphdef, train_state = nnx.split((model, optimizer))
     manager = checkpoint.manager(workdir, keep=config.keep_checkpoints)
     start_step, train_state = checkpoint.restore_latest(manager, train_state)
@@ -197,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data_sharding = NamedSharding(mesh, P("data"))
     train_step = make_train_step(config, graphdef, mesh, online=online)
 
-    num_steps = state.total_steps(config, num_train)
+    num_steps = recipe.total_steps(config, num_train)
     writer = monitor.MetricWriter(workdir, enabled=jax.process_index() == 0)
     bar = monitor.progress(
         total=num_steps, initial=start_step, desc="training", unit="step", config=config
@@ -280,11 +280,11 @@ def _finish_log_window(sums, done, t_log, step_log, config, num_train) -> dict:
     loss = float(sums["loss"]) / count
     _check_finite(loss, done)
     elapsed = max(time.time() - t_log, 1e-9)
-    lr = state.learning_rate_schedule(config, num_train)(done - 1)
+    lr = recipe.learning_rate_schedule(config, num_train)(done - 1)
     return {
         "train_loss": loss,
         "train_accuracy": float(sums["correct"]) / count,
         "learning_rate": float(lr),
-        "epoch": done / max(state.steps_per_epoch(config, num_train), 1),
+        "epoch": done / max(recipe.steps_per_epoch(config, num_train), 1),
         "images_per_s": count / elapsed,
     }

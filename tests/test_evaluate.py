@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from menet_jax import evaluation, train
-from menet_jax.evaluation import checks, protocol, stats
+from menet_jax.evaluation import protocol, sanity, stats
 from tests.test_train import tiny_config
 
 N = 16  # every row runs on the same 16 examples, so one compile per attack
@@ -396,7 +396,7 @@ def test_checks_flag_a_broken_attack():
     rows = {"clean": np.ones(n, bool), "fgsm": fgsm, "pgd_40": pgd, "s0": np.ones(n, bool)}
     rows["s1"], rows["s2"] = fgsm, pgd
     roles = {"reference": "pgd_40", "fgsm": "fgsm", "sweep": [(0, "s0"), (1, "s1"), (2, "s2")]}
-    found, skipped = checks.compute_checks(
+    found, skipped = sanity.compute_checks(
         rows, roles=roles, headline=None, num_classes=10,
         runtime={"zero_gradient": 0.5, "probability_logits": 0.0},
         randomness={"pred_varies": 0.0, "logits_vary": 0.0}, uses_me=True,
@@ -435,7 +435,7 @@ def _checks_on(logits_fn, x, y, *, eps=0.1):
     zero = float(np.mean(np.all(np.asarray(grad).reshape(len(y), -1) == 0, axis=1)))
     roles = {"reference": "pgd_40", "fgsm": "fgsm", "sweep": sweep, "no_me": "no_me_pgd",
              "fixed_mask": "fixed_mask_pgd"}  # fmt: skip
-    found, _ = checks.compute_checks(
+    found, _ = sanity.compute_checks(
         {k: v.astype(np.float64) for k, v in rows.items()}, roles=roles, headline=None,
         num_classes=10, runtime={"zero_gradient": zero, "probability_logits": 0.0},
         randomness={"pred_varies": 0.9, "logits_vary": 0.9}, uses_me=True,
@@ -573,7 +573,7 @@ def test_runtime_checks_and_blackbox_examples_listed():
     bb[[3, 17]] = 0.0  # the black-box row did better than every counted row on two examples
     strong = np.zeros(n)  # a black-box row far stronger than the white-box worst case
     base = {"clean": np.ones(n), "spsa": bb, "boundary": strong}
-    found, _ = checks.compute_checks(
+    found, _ = sanity.compute_checks(
         base, roles={"blackbox": ["spsa", "boundary"]}, headline=head, num_classes=10,
         runtime={"zero_gradient": 0.0, "probability_logits": 0.25}, randomness=None,
         uses_me=True,
@@ -584,7 +584,7 @@ def test_runtime_checks_and_blackbox_examples_listed():
     assert len(c["value"]["boundary"]["examples_lower"]) == n
     assert found["logits_not_probabilities"]["status"] == "WARN"
     assert found["zero_gradient"]["status"] == "PASS"
-    found, _ = checks.compute_checks(
+    found, _ = sanity.compute_checks(
         {"clean": np.ones(n), "spsa": bb}, roles={"blackbox": ["spsa"]}, headline=head,
         num_classes=10, runtime={"zero_gradient": 0.0, "probability_logits": 0.0},
         randomness=None, uses_me=True,
@@ -592,7 +592,7 @@ def test_runtime_checks_and_blackbox_examples_listed():
     assert found["blackbox_weaker_than_whitebox"]["status"] == "PASS"  # 2 of 200: noise
     assert found["logits_not_probabilities"]["status"] == "PASS"
     strong_graybox = {"pgd_40": np.full(n, 0.7), "graybox": np.full(n, 0.5)}
-    found, skipped = checks.compute_checks(
+    found, skipped = sanity.compute_checks(
         strong_graybox, roles={"reference": "pgd_40", "graybox": "graybox"}, headline=None,
         num_classes=10, runtime=None, randomness=None, uses_me=True,
     )  # fmt: skip

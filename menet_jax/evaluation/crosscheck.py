@@ -29,7 +29,7 @@ import numpy as np
 from menet_jax import attacks, checkpoint, input_pipeline, paths, rng
 from menet_jax.evaluation import protocol, report, suite
 from menet_jax.evaluation.rows import Row
-from menet_jax.evaluation.target import Target
+from menet_jax.evaluation.target import EvaluatedClassifier
 
 
 def momentum_attack(logits_fn, x, y, key, *, eps, steps, eot, loss):
@@ -98,7 +98,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
         run_config.dataset, "test", data_dir=run_config.data_dir
     )
     x_all, y_all = input_pipeline.to_float(images[:n]), labels[:n].astype(np.int32)
-    model = Target(clf, votes=int(clf.config.me.votes), top5=False)
+    model = EvaluatedClassifier(clf, votes=int(clf.config.me.votes), top5=False)
     keys = suite.judging_keys(clf.config.seed, R)
     rows = {
         name: protocol.split_draws(stored[f"draws/{name}"][:, :, :n], R) for name in head["rows"]

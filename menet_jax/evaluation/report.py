@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from menet_jax import paths
-from menet_jax.evaluation import checks, protocol
+from menet_jax.evaluation import protocol, sanity
 
 # 2: expected single-mask accuracy, `headline`, results.npz; 3: rows carry their `role`,
 # `num_classes`, `resumed_rows`, `budgets.runtime_checks`, results.npz `headline_top5`;
@@ -208,7 +208,7 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
         "pred_varies": round(float(results["clean"]["pred_varies"].mean()), 4),
         "logits_vary": round(float(results["clean"]["logits_vary"].mean()), 4),
     }
-    found, skipped_checks = checks.compute_checks(
+    found, skipped_checks = sanity.compute_checks(
         values,
         roles=_roles(plan),
         headline=arrays["headline"],

@@ -5,7 +5,7 @@ keys (defaults beside their checks), its threat model, what it needs (ME, a sour
 whether its rows count toward the headline, and `build(plan, section)`, which adds its rows to a
 `Plan`. A `Row` is one line of the report: how its adversarial images are made for one batch
 (`make(x, y, key)`, or `reuse`: the images of an earlier row), how they are judged, and the `role`
-it plays in the checks (`menet_jax.evaluation.checks`). `KINDS` lists the kinds in run order.
+it plays in the checks (`menet_jax.evaluation.sanity`). `KINDS` lists the kinds in run order.
 
 Adding an attack is one `Kind` here (its keys, its rows) plus its tests.
 """
@@ -60,7 +60,7 @@ class Row:
       params: its budget, as recorded in results.json.
       make: (x, y, key) -> x_adv for one padded batch; None when `reuse` is set.
       reuse: take x_adv from this earlier row (every restart).
-      judge: "defended", "vote", "network" or "fixed" (`target.Target.judges`).
+      judge: "defended", "vote", "network" or "fixed" (`target.EvaluatedClassifier.judges`).
       counted: in the headline (white-box / gray-box at the main eps, on every example).
       role: what the checks read it as ("reference" is the main PGD row; "fgsm", "long", "eot",
         "graybox", "blackbox", "sweep", "no_me", "fixed_mask"), or None.
@@ -88,8 +88,8 @@ class Plan:
 
     Attributes:
       ev: the `config.eval` section.
-      target: the evaluated classifier (`target.Target`).
-      source: the transfer source (`target.Target`) or None.
+      target: the evaluated classifier (`target.EvaluatedClassifier`).
+      source: the transfer source (`target.EvaluatedClassifier`) or None.
       n_all: examples every counted row runs on.
     """
 
