@@ -3,7 +3,8 @@
 Subpackages: `me` (masks and matrix-estimation solvers), `models`, `attacks`, `evaluation` (the
 attack suite, its statistics, checks and report), `bench` (benchmarks), `figures` (the paper's
 figures). Modules: `config` (the config schema), `rng` (random streams), `input_pipeline`,
-`sprime` (the reconstructed training set), `state` (model and optimizer), `train`, `defense` (the
+`sprime` (the reconstructed training set), `recipe` (model, optimizer, schedule, step counts),
+`train`, `adversarial` (adversarial training's examples), `clean_accuracy`, `defense` (the
 defended classifier), `checkpoint`, `monitor` (progress bars and metrics), `main` (command line).
 The method they implement is docs/method.md.
 """

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from menet_jax import config as config_lib
-from menet_jax import defense, input_pipeline, paths, state
+from menet_jax import defense, input_pipeline, paths, recipe
 from menet_jax.config import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -152,6 +152,6 @@ def load(workdir: str, *, step: int | None = None) -> defense.DefendedClassifier
     if step is None:
         raise CheckpointError(f"no checkpoints in {ckpt_dir}; train first (--mode=train)")
     info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
-    model = state.create_model(config, info)
+    model = recipe.create_model(config, info)
     restore_model(mngr, model, step)
     return defense.DefendedClassifier.from_model(model, config, info.num_classes, step=step)

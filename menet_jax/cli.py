@@ -5,6 +5,7 @@ or a bad `--config.KEY=VALUE` override with one sentence instead of a traceback)
   menet-jax run|train|eval --config=configs/cifar10.py --workdir=DIR [--config.KEY=VALUE ...]
   menet-jax study NAME --config=... --workdir=...      menet-jax bench me|train|attack|grad|eval
   menet-jax convert ...                                 menet-jax fig9 --out fig9.png
+  menet-jax crosscheck --workdir=DIR
 
 Each subcommand is exactly `python -m MODULE` with the same arguments (`run`, `train` and `eval`
 are `python -m menet_jax.main` with `--mode` train_and_eval, train, eval).
@@ -84,15 +85,70 @@ def parse_flags(argv):
         sys.exit(fail(message))
 
 
+class UsageError(ValueError):
+    """A command-line option an entry point cannot run with (one sentence)."""
+
+
+class Options:
+    """The options of an entry point that takes no config file (bench, fig9, crosscheck): absl
+    flags in a FlagValues of their own, so entry points imported into one process (the tests, the
+    bench dispatcher) neither clash nor keep each other's values.
+
+      opts = Options("python -m menet_jax.figures.fig9", __doc__).define("integer", "size", 32, "")
+      args = opts.parse(argv)       # argv without the program name; args.size, args.num_images
+    """
+
+    def __init__(self, prog: str, doc: str = ""):
+        self.prog, self.doc, self.flag_values = prog, doc, flags.FlagValues()
+
+    def define(self, kind: str, name: str, default, help_string: str = "", **kw) -> Options:
+        """`flags.DEFINE_<kind>(name, default, help_string, **kw)` in this entry point's flags."""
+        define = getattr(flags, f"DEFINE_{kind}")
+        define(name, default, help=help_string or name, flag_values=self.flag_values, **kw)
+        return self
+
+    def parse(self, argv: list[str]):
+        """The parsed options as attributes (`-` in a name read as `_`); `--help` prints the
+        options and exits 0. Raises UsageError, one sentence, on an option it cannot parse."""
+        from types import SimpleNamespace
+
+        if "--help" in argv or "-h" in argv:
+            print(f"usage: {self.prog} [options]\n\n{self.doc.strip()}\n")
+            for name in self._names():
+                flag = self.flag_values[name]
+                print(f"  --{name}: {flag.help} (default: {flag.default!r})")
+            sys.exit(0)
+        fv = self.flag_values
+        fv.unparse_flags()  # every parse starts from the defaults
+        try:
+            rest = fv([self.prog, *argv])[1:]
+        except flags.UnrecognizedFlagError as e:
+            raise UsageError(f"unknown option --{e.flagname} (see --help).") from None
+        except flags.Error as e:
+            raise UsageError(f"{' '.join(str(e).split())} (see --help).") from None
+        if rest:
+            raise UsageError(f"unrecognized arguments: {' '.join(rest)} (see --help).")
+        return SimpleNamespace(**{n.replace("-", "_"): fv[n].value for n in self._names()})
+
+    def _names(self) -> list[str]:
+        own = set(flags.FlagValues())  # absl's own (--flagfile, --undefok)
+        return [name for name in self.flag_values if name not in own]
+
+
 # subcommand -> (module run as __main__, arguments put before the user's, what it does)
 SUBCOMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "run": ("menet_jax.main", ("--mode=train_and_eval",), "train, then evaluate (the default)"),
-    "train": ("menet_jax.main", ("--mode=train",), "train (resumes from the workdir)"),
-    "eval": ("menet_jax.main", ("--mode=eval",), "evaluate a workdir's checkpoint"),
+    "run": ("menet_jax.main", ("--mode=train_and_eval",), "train, then eval (the default)"),
+    "train": ("menet_jax.main", ("--mode=train",), "training (resumes) and clean accuracy"),
+    "eval": ("menet_jax.main", ("--mode=eval",), "the attack suite on a workdir's checkpoint"),
     "study": ("menet_jax.study", (), "one of the supplement's studies (--list names them)"),
     "convert": ("menet_jax.convert", (), "import the authors' PyTorch checkpoint"),
     "bench": ("menet_jax.bench", (), "benchmarks: me, train, attack, grad, eval"),
     "fig9": ("menet_jax.figures.fig9", (), "Fig. 9: photos masked and rebuilt by each method"),
+    "crosscheck": (
+        "menet_jax.evaluation.crosscheck",
+        (),
+        "an independent adaptive attack against a finished evaluation's headline",
+    ),
 }
 
 

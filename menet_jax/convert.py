@@ -198,7 +198,7 @@ def convert(torch_path: str, config: ml_collections.ConfigDict, workdir: str) ->
     import jax
     from flax import nnx
 
-    from menet_jax import checkpoint, input_pipeline, paths, state
+    from menet_jax import checkpoint, input_pipeline, paths, recipe
     from menet_jax.config import validate
 
     validate(config)
@@ -207,7 +207,7 @@ def convert(torch_path: str, config: ml_collections.ConfigDict, workdir: str) ->
     if paths.isdir(paths.join(workdir, "checkpoints")):
         raise ConvertError(f"{workdir} already holds checkpoints; use a new --workdir")
     flat, info = state_dict(torch_pickle.load(torch_path))
-    model = state.create_model(
+    model = recipe.create_model(
         config, input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
     )
     _, model_state = nnx.split(model)
@@ -215,7 +215,7 @@ def convert(torch_path: str, config: ml_collections.ConfigDict, workdir: str) ->
     count = fill(pure, flat, width=int(config.model_width))
     nnx.replace_by_pure_dict(model_state, jax.tree.map(jax.numpy.asarray, pure))
     nnx.update(model, model_state)
-    optimizer = state.create_optimizer(model, config, num_train=1)  # momentum buffers: zero
+    optimizer = recipe.create_optimizer(model, config, num_train=1)  # momentum buffers: zero
     paths.makedirs(workdir)
     checkpoint.write_config(workdir, config)
     mngr = checkpoint.manager(workdir, keep=int(config.keep_checkpoints))

@@ -3,8 +3,11 @@ r"""Command line: train and/or evaluate ME-Net.
   python -m menet_jax.main --config=configs/mnist_demo.py --workdir=/tmp/menet_demo
   python -m menet_jax.main --config=configs/cifar10.py:adv --workdir=DIR --mode=eval
 
-Modes: train, eval (restore WORKDIR's checkpoint, run the attack suite), train_and_eval
-(default). Errors a user can cause end in one line on stderr and a non-zero exit. SIGTERM
+Modes (--mode), each named for what it runs:
+  train           training (resumes from WORKDIR), then clean accuracy: WORKDIR/summary.json
+  eval            the attack suite on WORKDIR's checkpoint: WORKDIR/results.{json,md,npz}
+  train_and_eval  both, one after the other (the default)
+Errors a user can cause end in one line on stderr and a non-zero exit. SIGTERM
 (preemption) saves the work so far and exits with 143 (`menet_jax.preemption`); the same command
 resumes.
 """
@@ -19,7 +22,13 @@ from menet_jax.cli import define_config_flag, fail, parse_flags
 FLAGS = flags.FLAGS
 define_config_flag("config", "Config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
-flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to do.")
+flags.DEFINE_enum(
+    "mode",
+    "train_and_eval",
+    ["train", "eval", "train_and_eval"],
+    "train: training, then clean accuracy (summary.json); eval: the attack suite on the "
+    "workdir's checkpoint (results.json); train_and_eval: both.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

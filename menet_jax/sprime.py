@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from menet_jax import defense, input_pipeline, me, monitor, paths, preemption, rng, state
+from menet_jax import defense, input_pipeline, me, monitor, paths, preemption, recipe, rng
 from menet_jax import mesh as mesh_lib
 
 FORMAT = 2  # bump when the meaning of a cached entry changes
@@ -120,7 +120,7 @@ def build(config: ml_collections.ConfigDict, train_images: np.ndarray, workdir: 
     Returns:
       S' as a read-only memory map.
     """
-    n, num_train = state.num_copies(config), len(train_images)
+    n, num_train = recipe.num_copies(config), len(train_images)
     shape = (n * num_train, *train_images.shape[1:])
     directory = folder(config, workdir)
     os.makedirs(directory, exist_ok=True)
@@ -169,7 +169,7 @@ def _build_file(
     config, train_images: np.ndarray, final: str, shape: tuple, *, writer: int = 0
 ) -> np.ndarray:
     """Builds S' into `final` (resuming its partial file), or reuses a finished one."""
-    n = state.num_copies(config)
+    n = recipe.num_copies(config)
     if os.path.exists(final):
         arr = np.load(final, mmap_mode="r")
         if arr.shape == shape:

@@ -4,13 +4,15 @@ One epoch is one pass over S' (`menet_jax.sprime`): example e of the epoch stand
 k = e % n of training image i = e // n. `me.mode="offline"` trains on the cached S';
 `me.mode="online"` reconstructs the same entries inside the jitted step with the same keys, so it
 trains on the same S' without storing it. `me.method="none"` is the vanilla baseline (n = 1, no
-ME). `adv.enabled` trains on PGD examples made through ME with BPDA (docs/method.md §3.5).
+ME). `adv.enabled` trains on PGD examples made through ME with BPDA (docs/method.md §3.5), which
+`menet_jax.adversarial` makes inside the step.
 
 The step is one `jax.jit` over a 1-D device mesh ('data'): the batch is sharded over every device
 of every process, the model and optimizer state are replicated. All randomness derives from
 (seed, step) or (seed, example) (`menet_jax.rng`), so a resumed run repeats an uninterrupted one.
-After training, `train_and_evaluate` measures clean accuracy (bare network and ME-Net inference)
-and writes WORKDIR/summary.json; the attack suite is `menet_jax.evaluation`.
+After training, `train_and_evaluate` measures clean accuracy (bare network and ME-Net inference,
+`menet_jax.clean_accuracy`) and writes WORKDIR/summary.json; the attack suite is
+`menet_jax.evaluation`.
 """
 
 from __future__ import annotations
@@ -29,17 +31,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from menet_jax import (
-    attacks,
+    adversarial,
     checkpoint,
+    clean_accuracy,
     defense,
     input_pipeline,
-    me,
     monitor,
     paths,
     preemption,
+    recipe,
     rng,
     sprime,
-    state,
 )
 from menet_jax import mesh as mesh_lib
 from menet_jax.config import ConfigError, check_model_fits, validate
@@ -78,22 +80,6 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
 make_mesh = mesh_lib.data_mesh  # the run's mesh (train.make_mesh for notebooks and tests)
 
 
-def final_masks(me_config, seed: int, step, image_idx, copy_idx, shape) -> jax.Array:
-    """Adversarial training's masks for the final reconstruction (docs/method.md §3.5).
-
-    Drawn afresh for every (step, image i, copy k), at copy k's p, as the authors' code draws a
-    new mask on every forward pass; not the (i, k) mask of S', which would repeat every epoch.
-    """
-    root = rng.named(rng.step_key(seed, rng.ADVERSARIAL, step), "final_mask")
-    keys = jax.vmap(lambda i, k: jax.random.fold_in(jax.random.fold_in(root, i), k))(
-        image_idx, copy_idx
-    )
-    ps = jnp.asarray(defense.training_ps(me_config))[copy_idx]
-    return jax.vmap(lambda k, p: me.sample_mask(k, tuple(shape), p, channels=me_config.channels))(
-        keys, ps
-    )
-
-
 def make_train_step(config, graphdef, mesh, *, online: bool):
     """The jitted step: (train state, batch, step) -> (train state, metrics sums).
 
@@ -101,39 +87,10 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
     `label`, `image_idx`, `copy_idx` [B].
     """
     me_config, seed = config.me, config.seed
-    ps_all = jnp.asarray(defense.training_ps(me_config))
-    adv = config.adv
-
     info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
-    num_classes = info.num_classes
     reconstruct = sprime.per_device_reconstruction(me_config, seed, mesh)  # no global loop test
-
-    def solve(x, masks):
-        return me.reconstruct(
-            x, masks, method=me_config.method, channels=me_config.channels,
-            **defense.solver_options(me_config),
-        )  # fmt: skip
-
-    final_reconstruct = mesh_lib.per_device(solve, mesh, 2)  # like `reconstruct`
-
-    def attack(model, x, y, p, key):
-        # PGD through ME with BPDA, fresh masks every step at each example's p, BatchNorm on
-        # running statistics (adv.attack_bn "eval") or on each pass's batch statistics ("train",
-        # the authors'; the running statistics do not move), Madry-style random start.
-        clf = defense.DefendedClassifier.from_model(model, config, num_classes)  # eval mode
-        clf = dataclasses.replace(clf, mesh=mesh)  # ME per device, as `reconstruct` below
-        x_adv = attacks.pgd(
-            clf.logits_fn("menet", gradient="bpda", p=p, bn=adv.attack_bn),
-            x,
-            y,
-            key,
-            eps=adv.eps,
-            step_size=adv.step_size,
-            steps=adv.steps,
-            random_start=adv.random_start,
-        )
-        model.train()
-        return jax.lax.stop_gradient(x_adv)
+    if config.adv.enabled:
+        adversarial_examples = adversarial.make_adversarial_examples(config, mesh, info.num_classes)
 
     def step_fn(train_state, batch, step):
         model, optimizer = nnx.merge(graphdef, train_state)
@@ -141,21 +98,15 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
         x = input_pipeline.to_float(batch["image"])
         y = batch["label"]
         aug_key = rng.step_key(seed, rng.AUGMENT, step)
-        if adv.enabled:
+        if config.adv.enabled:
             if config.augment:
                 x = input_pipeline.augment(aug_key, x)
-            p = ps_all[batch["copy_idx"]]
-            x = attack(model, x, y, p, rng.step_key(seed, rng.ADVERSARIAL, step))
-        if adv.enabled and me_config.method != "none":
-            masks = final_masks(
-                me_config, seed, step, batch["image_idx"], batch["copy_idx"], x.shape[1:]
-            )
-            x = final_reconstruct(x, masks)
-            x = sprime.quantize(x)  # to the S' grid, as the online path
-        elif online and me_config.method != "none":
-            x = reconstruct(x, batch["image_idx"], batch["copy_idx"])
-        if config.augment and not adv.enabled:
-            x = input_pipeline.augment(aug_key, x)
+            x = adversarial_examples(model, x, batch, step)
+        else:
+            if online and me_config.method != "none":
+                x = reconstruct(x, batch["image_idx"], batch["copy_idx"])
+            if config.augment:
+                x = input_pipeline.augment(aug_key, x)
 
         def loss_fn(m):
             logits = m(x)
@@ -174,7 +125,7 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
 
 def host_batch(config, data: Data, source: np.ndarray, step: int, *, online: bool) -> dict:
     """This process's slice of global batch `step` as numpy arrays."""
-    n = state.num_copies(config)
+    n = recipe.num_copies(config)
     idx = input_pipeline.local_batch_indices(
         config.seed,
         step,
@@ -195,55 +146,6 @@ def host_batch(config, data: Data, source: np.ndarray, step: int, *, online: boo
 
 def to_global(batch: dict, sharding: NamedSharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation of clean accuracy (the attack suite is `menet_jax.evaluation`).
-
-
-def evaluate_clean(
-    classifier: defense.DefendedClassifier,
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    batch_size: int,
-    key: jax.Array,
-    config=None,
-) -> dict:
-    """Accuracy of the bare network and of ME-Net inference on uint8 images.
-
-    Each batch b uses the key fold_in(key, b) for its masks.
-    """
-    use_me = classifier.config.me.method != "none"
-
-    @jax.jit
-    def batch_correct(x_u8, y, valid, k):
-        x = input_pipeline.to_float(x_u8)
-        out = {"network": classifier.network(x)}
-        if use_me:
-            out["menet"] = classifier.defended(x, k)
-        return {name: jnp.sum((jnp.argmax(v, -1) == y) * valid) for name, v in out.items()}
-
-    totals: dict[str, int] = {}
-    num = len(images)
-    bar = monitor.progress(total=num, desc="evaluating", unit="img", config=config)
-    for b, start in enumerate(range(0, num, batch_size)):
-        x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        valid = (np.arange(batch_size) < len(y)).astype(np.float32)
-        x, y = input_pipeline.pad_batch(x, batch_size), input_pipeline.pad_batch(y, batch_size)
-        res = batch_correct(x, y.astype(np.int32), valid, jax.random.fold_in(key, b))
-        for name, v in res.items():
-            totals[name] = totals.get(name, 0) + int(v)
-        bar.update(min(batch_size, num - start))
-    bar.close()
-    out = {f"{name}_accuracy": totals[name] / num for name in totals}
-    out["clean_accuracy"] = out.get("menet_accuracy", out["network_accuracy"])
-    return out
-
-
-def eval_split(config, data: Data) -> tuple[np.ndarray, np.ndarray]:
-    n = len(data.test_images) if config.num_eval_examples is None else config.num_eval_examples
-    return data.test_images[:n], data.test_labels[:n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         source = data.train_images
 
-    model = state.create_model(config, data.info)
-    optimizer = state.create_optimizer(model, config, num_train)
+    model = recipe.create_model(config, data.info)
+    optimizer = recipe.create_optimizer(model, config, num_train)
     graphdef, train_state = nnx.split((model, optimizer))
     manager = checkpoint.manager(workdir, keep=config.keep_checkpoints)
     start_step, train_state = checkpoint.restore_latest(manager, train_state)
@@ -295,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data_sharding = NamedSharding(mesh, P("data"))
     train_step = make_train_step(config, graphdef, mesh, online=online)
 
-    num_steps = state.total_steps(config, num_train)
+    num_steps = recipe.total_steps(config, num_train)
     writer = monitor.MetricWriter(workdir, enabled=jax.process_index() == 0)
     bar = monitor.progress(
         total=num_steps, initial=start_step, desc="training", unit="step", config=config
@@ -335,8 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     classifier = defense.DefendedClassifier.from_model(
         model, config, data.info.num_classes, step=num_steps
     )
-    images, labels = eval_split(config, data)
-    results = evaluate_clean(
+    images, labels = clean_accuracy.eval_split(config, data.test_images, data.test_labels)
+    results = clean_accuracy.evaluate_clean(
         classifier,
         images,
         labels,
@@ -378,11 +280,11 @@ def _finish_log_window(sums, done, t_log, step_log, config, num_train) -> dict:
     loss = float(sums["loss"]) / count
     _check_finite(loss, done)
     elapsed = max(time.time() - t_log, 1e-9)
-    lr = state.learning_rate_schedule(config, num_train)(done - 1)
+    lr = recipe.learning_rate_schedule(config, num_train)(done - 1)
     return {
         "train_loss": loss,
         "train_accuracy": float(sums["correct"]) / count,
         "learning_rate": float(lr),
-        "epoch": done / max(state.steps_per_epoch(config, num_train), 1),
+        "epoch": done / max(recipe.steps_per_epoch(config, num_train), 1),
         "images_per_s": count / elapsed,
     }

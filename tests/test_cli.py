@@ -25,7 +25,7 @@ def script():
 def test_help_lists_the_subcommands(script):
     out = _run([script, "--help"])
     assert out.returncode == 0
-    for name in ("run", "train", "eval", "study", "bench", "fig9"):
+    for name in ("run", "train", "eval", "study", "bench", "fig9", "crosscheck"):
         assert f"\n  {name} " in out.stdout
 
 
@@ -44,6 +44,8 @@ def test_unknown_subcommand_is_one_line_and_exit_1(script):
           "--workdir=/nonexistent/menet"]),
         (["study", "--list"], ["menet_jax.study", "--list"]),
         (["bench", "eval", "--examples", "0"], ["menet_jax.bench", "eval", "--examples", "0"]),
+        (["crosscheck", "--workdir=/nonexistent/menet"],
+         ["menet_jax.evaluation.crosscheck", "--workdir=/nonexistent/menet"]),
     ],
 )  # fmt: skip
 def test_subcommand_equals_python_dash_m(script, sub, module):
@@ -88,3 +90,31 @@ def test_a_config_file_that_cannot_be_loaded_is_one_line_and_exit_1(entry, spec,
     out = _run([sys.executable, "-m", module, *rest, *_config_arg(entry, spec)])
     assert (out.returncode, out.stdout) == (1, ""), out.stderr[-2000:]
     assert out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr[-2000:]
+
+
+def test_options_parse_with_absl_into_flags_of_their_own():
+    from menet_jax.cli import Options, UsageError
+
+    def options():
+        return (
+            Options("prog", "doc")
+            .define("integer", "num-images", 4, "images")
+            .define("float", "p", 0.5, "p")
+            .define("boolean", "no-baselines", False, "skip")
+            .define("enum", "channels", "concat", "how", enum_values=["concat", "separate"])
+        )
+
+    opts = options()
+    args = opts.parse(["--num-images", "7", "--p=0.25", "--no-baselines"])
+    assert vars(args) == {"num_images": 7, "p": 0.25, "no_baselines": True, "channels": "concat"}
+    assert vars(opts.parse([]))["num_images"] == 4  # a second parse starts from the defaults
+    assert options().parse(["--channels=separate"]).channels == "separate"  # no shared state
+    for argv, named in [
+        (["--unknown"], "unknown option --unknown"),
+        (["--num-images", "x"], "'x'"),
+        (["--channels=rgb"], "rgb"),
+        (["extra"], "unrecognized arguments: extra"),
+    ]:
+        with pytest.raises(UsageError, match=named) as e:
+            opts.parse(argv)
+        assert "\n" not in str(e.value)

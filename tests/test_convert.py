@@ -148,9 +148,9 @@ def test_shapes_that_do_not_fit_are_refused():
     flat, _ = convert.state_dict(torch_pickle.load(os.path.join(FIXTURES, "zip_state_dict.pt")))
     from flax import nnx
 
-    from menet_jax import input_pipeline, state
+    from menet_jax import input_pipeline, recipe
 
-    model = state.create_model(authors_config(), input_pipeline.get_info("cifar10"))
+    model = recipe.create_model(authors_config(), input_pipeline.get_info("cifar10"))
     pure = nnx.to_pure_dict(nnx.state(model))
     bad = dict(flat, **{"linear.weight": np.zeros((100, 32), np.float32)})
     with pytest.raises(convert.ConvertError, match=r"linear\.weight has shape \(100, 32\)"):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax import attacks, defense, input_pipeline, me, state
+from menet_jax import attacks, defense, input_pipeline, me, recipe
 from tests.test_train import tiny_config
 
 
@@ -17,7 +17,7 @@ from tests.test_train import tiny_config
 def clf():
     c = tiny_config()
     info = input_pipeline.get_info(c.dataset)
-    model = state.create_model(c, info)
+    model = recipe.create_model(c, info)
     return defense.DefendedClassifier.from_model(model, c, info.num_classes)
 
 
@@ -125,7 +125,7 @@ def test_batchnorm_mode_option():
     c = tiny_config(model="resnet18")
     info = input_pipeline.get_info("cifar10")
     c.dataset = "cifar10"
-    model = state.create_model(c, info)
+    model = recipe.create_model(c, info)
     clf = defense.DefendedClassifier.from_model(model, c, info.num_classes)
     x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
     other = x.at[1:].set(0.0)  # same first image, other companions

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from menet_jax import evaluation, train
-from menet_jax.evaluation import checks, protocol, stats
+from menet_jax.evaluation import protocol, sanity, stats
+from menet_jax.evaluation.rows import Role
 from tests.test_train import tiny_config
 
 N = 16  # every row runs on the same 16 examples, so one compile per attack
@@ -88,6 +89,13 @@ def test_report_has_every_row_check_and_budget(me_report, workdirs):
     assert r["checks"]["randomness"]["status"] == "PASS"
     assert r["attacks"]["bpda_eot"]["params"]["eot_samples"] == 2
     assert r["attacks"]["boundary"]["unbounded_success_rate"] >= 0
+    # Roles are written as the strings of rows.Role, the same as before they were an enum.
+    roles = {name: a["role"] for name, a in r["attacks"].items()}
+    assert roles["pgd_3"] == "reference" and roles["fgsm"] == "fgsm"
+    assert roles["graybox"] == "graybox" and roles["spsa"] == "blackbox"
+    assert roles["sweep_eps_x1"] == "sweep" and roles["pgd_long_5"] == "long"
+    assert set(roles.values()) <= {None, "reference", "fgsm", "long", "eot", "graybox",
+                                   "blackbox", "sweep", "no_me", "fixed_mask"}  # fmt: skip
 
 
 def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, workdirs):
@@ -395,8 +403,9 @@ def test_checks_flag_a_broken_attack():
     pgd = np.ones(n, bool)
     rows = {"clean": np.ones(n, bool), "fgsm": fgsm, "pgd_40": pgd, "s0": np.ones(n, bool)}
     rows["s1"], rows["s2"] = fgsm, pgd
-    roles = {"reference": "pgd_40", "fgsm": "fgsm", "sweep": [(0, "s0"), (1, "s1"), (2, "s2")]}
-    found, skipped = checks.compute_checks(
+    sweep = [(0, "s0"), (1, "s1"), (2, "s2")]
+    roles = {Role.REFERENCE: "pgd_40", Role.FGSM: "fgsm", Role.SWEEP: sweep}
+    found, skipped = sanity.compute_checks(
         rows, roles=roles, headline=None, num_classes=10,
         runtime={"zero_gradient": 0.5, "probability_logits": 0.0},
         randomness={"pred_varies": 0.0, "logits_vary": 0.0}, uses_me=True,
@@ -433,9 +442,9 @@ def _checks_on(logits_fn, x, y, *, eps=0.1):
     rows["pgd_40"] = rows["no_me_pgd"] = rows["fixed_mask_pgd"] = rows["sweep_eps_x1"]
     grad = jax.grad(lambda z: jnp.sum(attacks.cross_entropy(logits_fn(z, None), y)))(x)
     zero = float(np.mean(np.all(np.asarray(grad).reshape(len(y), -1) == 0, axis=1)))
-    roles = {"reference": "pgd_40", "fgsm": "fgsm", "sweep": sweep, "no_me": "no_me_pgd",
-             "fixed_mask": "fixed_mask_pgd"}  # fmt: skip
-    found, _ = checks.compute_checks(
+    roles = {Role.REFERENCE: "pgd_40", Role.FGSM: "fgsm", Role.SWEEP: sweep,
+             Role.NO_ME: "no_me_pgd", Role.FIXED_MASK: "fixed_mask_pgd"}  # fmt: skip
+    found, _ = sanity.compute_checks(
         {k: v.astype(np.float64) for k, v in rows.items()}, roles=roles, headline=None,
         num_classes=10, runtime={"zero_gradient": zero, "probability_logits": 0.0},
         randomness={"pred_varies": 0.9, "logits_vary": 0.9}, uses_me=True,
@@ -573,8 +582,8 @@ def test_runtime_checks_and_blackbox_examples_listed():
     bb[[3, 17]] = 0.0  # the black-box row did better than every counted row on two examples
     strong = np.zeros(n)  # a black-box row far stronger than the white-box worst case
     base = {"clean": np.ones(n), "spsa": bb, "boundary": strong}
-    found, _ = checks.compute_checks(
-        base, roles={"blackbox": ["spsa", "boundary"]}, headline=head, num_classes=10,
+    found, _ = sanity.compute_checks(
+        base, roles={Role.BLACKBOX: ["spsa", "boundary"]}, headline=head, num_classes=10,
         runtime={"zero_gradient": 0.0, "probability_logits": 0.25}, randomness=None,
         uses_me=True,
     )  # fmt: skip
@@ -584,17 +593,22 @@ def test_runtime_checks_and_blackbox_examples_listed():
     assert len(c["value"]["boundary"]["examples_lower"]) == n
     assert found["logits_not_probabilities"]["status"] == "WARN"
     assert found["zero_gradient"]["status"] == "PASS"
-    found, _ = checks.compute_checks(
-        {"clean": np.ones(n), "spsa": bb}, roles={"blackbox": ["spsa"]}, headline=head,
+    found, _ = sanity.compute_checks(
+        {"clean": np.ones(n), "spsa": bb}, roles={Role.BLACKBOX: ["spsa"]}, headline=head,
         num_classes=10, runtime={"zero_gradient": 0.0, "probability_logits": 0.0},
         randomness=None, uses_me=True,
     )  # fmt: skip
     assert found["blackbox_weaker_than_whitebox"]["status"] == "PASS"  # 2 of 200: noise
     assert found["logits_not_probabilities"]["status"] == "PASS"
     strong_graybox = {"pgd_40": np.full(n, 0.7), "graybox": np.full(n, 0.5)}
-    found, skipped = checks.compute_checks(
+    found, skipped = sanity.compute_checks(  # a role's value names it too
         strong_graybox, roles={"reference": "pgd_40", "graybox": "graybox"}, headline=None,
         num_classes=10, runtime=None, randomness=None, uses_me=True,
     )  # fmt: skip
     assert found["whitebox_at_least_graybox"]["status"] == "WARN"
+    with pytest.raises(ValueError, match="'grey_box' is not a valid Role"):
+        sanity.compute_checks(
+            strong_graybox, roles={"grey_box": "graybox"}, headline=None, num_classes=10,
+            runtime=None, randomness=None, uses_me=True,
+        )  # fmt: skip
     assert "zero_gradient" in skipped and "logits_not_probabilities" in skipped

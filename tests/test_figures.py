@@ -50,3 +50,7 @@ def test_fig9_writes_png(tmp_path, capsys):
     assert float(vals["psnr_softimpute_p0.5"]) > float(vals["psnr_grey_fill_p0.5"])
     assert fig9.main(["--out", str(out), "--p", "1.5"]) == 2
     assert capsys.readouterr().err.startswith("error: p must be in (0, 1]")
+    for bad in (["--channels", "rgb"], ["--size=x"], ["--nope"]):  # options: one line, exit 2
+        assert fig9.main(bad) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err

@@ -107,11 +107,11 @@ import re, sys, numpy as np, jax, jax.numpy as jnp
 sys.path.insert(0, "tests")
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
-from menet_jax import input_pipeline, state, train
+from menet_jax import input_pipeline, recipe, train
 from test_train import tiny_config
 c = tiny_config(batch_size=16, **{"me.mode": "online", "me.method": "softimpute"})
-model = state.create_model(c, input_pipeline.get_info(c.dataset))
-graphdef, ts = nnx.split((model, state.create_optimizer(model, c, num_train=256)))
+model = recipe.create_model(c, input_pipeline.get_info(c.dataset))
+graphdef, ts = nnx.split((model, recipe.create_optimizer(model, c, num_train=256)))
 mesh = train.make_mesh()
 ts = jax.device_put(ts, NamedSharding(mesh, P()))
 rng = np.random.default_rng(0)

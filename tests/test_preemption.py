@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from menet_jax import checkpoint, preemption, sprime, state, train
+from menet_jax import checkpoint, preemption, recipe, sprime, train
 from tests.test_train import ROOT, tiny_config
 
 TIMEOUT = 240
@@ -147,7 +147,7 @@ def test_sigterm_during_the_sprime_build_then_training_and_the_same_command_resu
     cmd = main_cmd(config_file(tmp_path, "train", TRAIN), work, "train")
 
     # 1. In the S' build: it stops after the chunk in progress, its progress record written.
-    total = state.num_copies(c) * c.num_train_examples
+    total = recipe.num_copies(c) * c.num_train_examples
     final = work / "sprime" / f"sprime-{sprime.fingerprint(c, c.num_train_examples)}.npy"
     progress_file = f"{final}.progress"
 
@@ -204,8 +204,8 @@ def restore_state(workdir, step):
     """The training state (model and optimizer) that resuming from `step` restores."""
     c = tiny_config(**TRAIN)
     data = train.load_data(c)
-    model = state.create_model(c, data.info)
-    opt = state.create_optimizer(model, c, len(data.train_images))
+    model = recipe.create_model(c, data.info)
+    opt = recipe.create_optimizer(model, c, len(data.train_images))
     _, train_state = nnx.split((model, opt))
     mngr = checkpoint.manager(str(workdir), read_only=True)
     got, train_state = checkpoint.restore_latest(mngr, train_state, step=step)

@@ -95,7 +95,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_import_graph_has_no_cycle():
     graph = _graph()
     assert graph["menet_jax.checkpoint"], "the import graph came out empty"
-    assert "menet_jax.state" in graph["menet_jax.checkpoint"]
+    assert "menet_jax.recipe" in graph["menet_jax.checkpoint"]
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 

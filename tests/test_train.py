@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from menet_jax import checkpoint, defense, me, rng, sprime, state, train
+from menet_jax import adversarial, checkpoint, defense, me, recipe, rng, sprime, train
 from menet_jax.config import ConfigError, load_config
 from menet_jax.config import validate as validate_config
 from menet_jax.evaluation.settings import validate_eval
@@ -106,7 +106,7 @@ def test_unknown_variant_is_an_error():
 def test_learning_rate_decays_at_epoch_boundaries():
     c = tiny_config(num_train_examples=64, batch_size=32, **{"me.num_masks": 2})
     c.lr_boundaries_epochs = (2, 3)  # one epoch = 64 * 2 / 32 = 4 steps
-    sched = state.learning_rate_schedule(c, 64)
+    sched = recipe.learning_rate_schedule(c, 64)
     lr = c.learning_rate
     np.testing.assert_allclose(
         [sched(7), sched(8), sched(11), sched(12)], [lr, lr * 0.1, lr * 0.1, lr * 0.01], rtol=1e-6
@@ -308,15 +308,15 @@ def test_adversarial_training_draws_a_fresh_final_mask_every_epoch(tmp_path, mon
     """The final reconstruction of (image, copy) gets a new mask each time it is trained on,
     as in the authors' code; the S' mask of (image, copy) would repeat every epoch."""
     c = tiny_config()
-    per_epoch = state.steps_per_epoch(c, c.num_train_examples)
+    per_epoch = recipe.steps_per_epoch(c, c.num_train_examples)
     image, copy = jnp.array([5, 5]), jnp.array([1, 1])
     shape = (28, 28, 1)
     step = 3
-    epoch0 = train.final_masks(c.me, c.seed, step, image, copy, shape)
-    epoch1 = train.final_masks(c.me, c.seed, step + per_epoch, image, copy, shape)
+    epoch0 = adversarial.final_masks(c.me, c.seed, step, image, copy, shape)
+    epoch1 = adversarial.final_masks(c.me, c.seed, step + per_epoch, image, copy, shape)
     assert np.array_equal(epoch0[0], epoch0[1])  # a function of (step, image, copy)
     assert not np.array_equal(epoch0[0], epoch1[0])
-    again = train.final_masks(c.me, c.seed, step, image, copy, shape)
+    again = adversarial.final_masks(c.me, c.seed, step, image, copy, shape)
     assert np.array_equal(epoch0, again)  # reproducible: a resumed run repeats it
     sprime_key = rng.example_keys(c.seed, image, copy)[0]
     p = float(defense.training_ps(c.me)[1])
@@ -324,13 +324,13 @@ def test_adversarial_training_draws_a_fresh_final_mask_every_epoch(tmp_path, mon
     assert not np.array_equal(epoch0[0], s_mask) and not np.array_equal(epoch1[0], s_mask)
     # The train step draws its final masks here (traced once), with the attack's BatchNorm in
     # train mode too.
-    calls, real = [], train.final_masks
+    calls, real = [], adversarial.final_masks
 
     def spy(*args):
         calls.append(args[2])
         return real(*args)
 
-    monkeypatch.setattr(train, "final_masks", spy)
+    monkeypatch.setattr(adversarial, "final_masks", spy)
     adv = {"adv.enabled": True, "adv.steps": 1, "adv.attack_bn": "train"}
     s = train.train_and_evaluate(tiny_config(num_train_steps=2, **adv), str(tmp_path))
     assert s["steps"] == 2 and len(calls) == 1

@@ -10,7 +10,7 @@ here. The method: docs/method.md §5.
 Modules: one per attack (`fgsm`, `pgd`, `apgd`, `spsa`, `boundary`, `cw_l2`), each a public function
 that checks its arguments and a jitted core; what they share: `losses` (the losses they
 maximise), `linf` (the eps-ball projection and the L-inf distance), `logits_fn` (how
-`logits_fn` is passed to jit), `checks` (argument errors).
+`logits_fn` is passed to jit), `arguments` (argument checks: errors a user can cause).
 """
 
 from menet_jax.attacks.apgd import apgd

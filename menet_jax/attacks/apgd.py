@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax.attacks.checks import check_count, check_fraction, check_inputs, check_nonneg
+from menet_jax.attacks.arguments import check_count, check_fraction, check_inputs, check_nonneg
 from menet_jax.attacks.linf import project_linf, start_point
 from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 from menet_jax.attacks.losses import cross_entropy, dlr_loss, dlr_targeted_loss

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
+from menet_jax.attacks.arguments import check_count, check_inputs, check_nonneg
 from menet_jax.attacks.linf import linf_distance
 from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 

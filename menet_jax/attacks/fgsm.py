@@ -5,7 +5,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.checks import check_inputs, check_nonneg
+from menet_jax.attacks.arguments import check_inputs, check_nonneg
 from menet_jax.attacks.linf import project_linf
 from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 from menet_jax.attacks.losses import cross_entropy

@@ -19,7 +19,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from menet_jax.attacks.checks import check_count, check_inputs, check_nonneg
+from menet_jax.attacks.arguments import check_count, check_inputs, check_nonneg
 from menet_jax.attacks.linf import project_linf, start_point
 from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 from menet_jax.attacks.losses import LOSSES, attack_loss

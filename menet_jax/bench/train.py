@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from menet_jax import cli, input_pipeline, state, train
+from menet_jax import cli, input_pipeline, recipe, train
 from menet_jax.bench import common
 from menet_jax.config import ConfigError, load_config
 from menet_jax.me.reconstruct import METHODS
@@ -41,8 +41,8 @@ def jax_images_per_s(config, *, online: bool, steps: int) -> float:
     info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
     config = config.copy_and_resolve_references()
     config.adv.enabled = False
-    model = state.create_model(config, info)
-    optimizer = state.create_optimizer(model, config, num_train=50_000)
+    model = recipe.create_model(config, info)
+    optimizer = recipe.create_optimizer(model, config, num_train=50_000)
     graphdef, train_state = nnx.split((model, optimizer))
     mesh = train.make_mesh()
     train_state = jax.device_put(train_state, NamedSharding(mesh, P()))

@@ -6,9 +6,9 @@ Modules: `rows` (each kind of row defined once: its config section, threat model
 it counts, its role in the checks), `settings` (the `eval` config: common keys, sections, checks),
 `target` (the evaluated classifier's logits functions and judges), `suite` (the loop that runs
 the rows, resumably), `protocol` (single-mask rates, the vote, the headline), `stats` (binomial
-statistics), `checks` (sanity checks), `report` (results.json / .md / .npz), `figures` (PNGs of
-results.json and their TensorBoard log), `crosscheck` (an independent adaptive attack against a
-finished evaluation). The protocol is docs/method.md §5-6.
+statistics), `sanity` (the report's sanity checks), `report` (results.json / .md / .npz),
+`plots` (PNGs of results.json and their TensorBoard log), `crosscheck` (an independent adaptive
+attack against a finished evaluation). The protocol is docs/method.md §5-6.
 """
 
 from menet_jax.evaluation.suite import evaluate

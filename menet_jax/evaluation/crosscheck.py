@@ -1,6 +1,7 @@
 """An independent adaptive attack against a finished evaluation: does it lower the headline?
 
-  python -m menet_jax.evaluation.crosscheck --workdir=DIR [--steps=50 --eot=8]
+  menet-jax crosscheck --workdir=DIR [--steps=50 --eot=8]
+  python -m menet_jax.evaluation.crosscheck --workdir=DIR      (the same)
 
 The headline is only as good as its strongest row. This module attacks the headline's examples
 with an attack written apart from `menet_jax.attacks` (momentum on L1-normalised gradients,
@@ -15,7 +16,6 @@ means the suite's rows miss an attack the model is weak to.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from menet_jax import attacks, checkpoint, input_pipeline, paths, rng
+from menet_jax import attacks, checkpoint, cli, input_pipeline, paths, rng
 from menet_jax.evaluation import protocol, report, suite
 from menet_jax.evaluation.rows import Row
-from menet_jax.evaluation.target import Target
+from menet_jax.evaluation.target import EvaluatedClassifier
 
 
 def momentum_attack(logits_fn, x, y, key, *, eps, steps, eot, loss):
@@ -98,7 +98,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
         run_config.dataset, "test", data_dir=run_config.data_dir
     )
     x_all, y_all = input_pipeline.to_float(images[:n]), labels[:n].astype(np.int32)
-    model = Target(clf, votes=int(clf.config.me.votes), top5=False)
+    model = EvaluatedClassifier(clf, votes=int(clf.config.me.votes), top5=False)
     keys = suite.judging_keys(clf.config.seed, R)
     rows = {
         name: protocol.split_draws(stored[f"draws/{name}"][:, :, :n], R) for name in head["rows"]
@@ -142,14 +142,25 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     return out
 
 
+def _options() -> cli.Options:
+    return (
+        cli.Options("menet-jax crosscheck", __doc__)
+        .define("string", "workdir", None, "the evaluated run's workdir (results.npz)")
+        .define("integer", "steps", 50, "attack steps")
+        .define("integer", "eot", 8, "masks averaged per gradient (EOT)")
+        .define("integer", "batch_size", 100, "images per batch")
+        .define("string", "gradients", "bpda,exact", "comma-separated gradient rules")
+    )
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m menet_jax.evaluation.crosscheck")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--eot", type=int, default=8)
-    parser.add_argument("--batch_size", type=int, default=100)
-    parser.add_argument("--gradients", default="bpda,exact")
-    args = parser.parse_args(argv)
+    try:
+        args = _options().parse(argv)
+        if not args.workdir:
+            raise cli.UsageError("--workdir is required (the evaluated run's workdir).")
+    except cli.UsageError as e:
+        cli.fail(str(e))
+        return 2  # a usage error, as argparse's
     try:
         out = run(
             args.workdir,
@@ -159,8 +170,7 @@ def main(argv: list[str]) -> int:
             gradients=tuple(args.gradients.split(",")),
         )
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.fail(str(e))
     print(
         f"headline {out['headline_before']:.4f} -> {out['headline_after']:.4f} with the "
         f"independent attack ({out['drop_points']:+.2f} points down) on {out['n']} examples"

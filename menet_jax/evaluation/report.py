@@ -13,7 +13,8 @@ import json
 import numpy as np
 
 from menet_jax import paths
-from menet_jax.evaluation import checks, protocol
+from menet_jax.evaluation import protocol, sanity
+from menet_jax.evaluation.rows import Role
 
 # 2: expected single-mask accuracy, `headline`, results.npz; 3: rows carry their `role`,
 # `num_classes`, `resumed_rows`, `budgets.runtime_checks`, results.npz `headline_top5`;
@@ -143,15 +144,15 @@ def _counted(plan, results, R: int, what: str = "correct") -> dict:
 
 def _roles(plan) -> dict:
     """What the checks read each row as (`rows.Row.role`)."""
-    roles: dict = {"blackbox": [], "sweep": []}
+    roles: dict = {Role.BLACKBOX: [], Role.SWEEP: []}
     for row in plan.rows:
-        if row.role == "sweep":
-            roles["sweep"].append((float(row.params["eps_multiplier"]), row.name))
-        elif row.role == "blackbox":
-            roles["blackbox"].append(row.name)
+        if row.role is Role.SWEEP:
+            roles[Role.SWEEP].append((float(row.params["eps_multiplier"]), row.name))
+        elif row.role is Role.BLACKBOX:
+            roles[Role.BLACKBOX].append(row.name)
         elif row.role is not None:
             roles[row.role] = row.name
-    roles["sweep"].sort()
+    roles[Role.SWEEP].sort()
     return roles
 
 
@@ -182,7 +183,7 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
             "params": {**row.params, "examples": row.n, "eval_keys": R},
             "threat": row.threat,
             "group": row.kind,
-            "role": row.role,
+            "role": None if row.role is None else row.role.value,
             "in_headline": row.counted,
             **r.get("extra", {}),
         }
@@ -208,7 +209,7 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
         "pred_varies": round(float(results["clean"]["pred_varies"].mean()), 4),
         "logits_vary": round(float(results["clean"]["logits_vary"].mean()), 4),
     }
-    found, skipped_checks = checks.compute_checks(
+    found, skipped_checks = sanity.compute_checks(
         values,
         roles=_roles(plan),
         headline=arrays["headline"],

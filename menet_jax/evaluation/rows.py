@@ -5,7 +5,7 @@ keys (defaults beside their checks), its threat model, what it needs (ME, a sour
 whether its rows count toward the headline, and `build(plan, section)`, which adds its rows to a
 `Plan`. A `Row` is one line of the report: how its adversarial images are made for one batch
 (`make(x, y, key)`, or `reuse`: the images of an earlier row), how they are judged, and the `role`
-it plays in the checks (`menet_jax.evaluation.checks`). `KINDS` lists the kinds in run order.
+it plays in the checks (`menet_jax.evaluation.sanity`). `KINDS` lists the kinds in run order.
 
 Adding an attack is one `Kind` here (its keys, its rows) plus its tests.
 """
@@ -13,6 +13,7 @@ Adding an attack is one `Kind` here (its keys, its rows) plus its tests.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Callable
 
@@ -48,6 +49,21 @@ def _examples(default: int | None) -> Key:
 # Rows and plans
 
 
+class Role(enum.Enum):
+    """What a row is to the sanity checks (`menet_jax.evaluation.sanity`); its value is what
+    results.json writes in the row's `role`."""
+
+    REFERENCE = "reference"  # the main white-box PGD row
+    FGSM = "fgsm"  # FGSM at the main eps: PGD must not be weaker
+    LONG = "long"  # a longer PGD: must not be weaker than the reference
+    EOT = "eot"  # BPDA+EOT: must not be weaker than BPDA
+    GRAYBOX = "graybox"  # PGD on the bare network, judged through ME
+    BLACKBOX = "blackbox"  # score-based, decision-based and transfer rows
+    SWEEP = "sweep"  # the eps sweep (its params carry eps_multiplier)
+    NO_ME = "no_me"  # an attack on the bare network judged bare: must succeed
+    FIXED_MASK = "fixed_mask"  # PGD and judging with one fixed mask: must succeed
+
+
 @dataclasses.dataclass
 class Row:
     """One row of the report.
@@ -60,10 +76,9 @@ class Row:
       params: its budget, as recorded in results.json.
       make: (x, y, key) -> x_adv for one padded batch; None when `reuse` is set.
       reuse: take x_adv from this earlier row (every restart).
-      judge: "defended", "vote", "network" or "fixed" (`target.Target.judges`).
+      judge: "defended", "vote", "network" or "fixed" (`target.EvaluatedClassifier.judges`).
       counted: in the headline (white-box / gray-box at the main eps, on every example).
-      role: what the checks read it as ("reference" is the main PGD row; "fgsm", "long", "eot",
-        "graybox", "blackbox", "sweep", "no_me", "fixed_mask"), or None.
+      role: what the checks read it as (a `Role`), or None.
       bounded_eps: boundary: a success counts only within this L-inf distance.
       restarts: independent runs; every one is judged, the worst counts per example.
     """
@@ -77,7 +92,7 @@ class Row:
     reuse: str | None = None
     judge: str = "defended"
     counted: bool = False
-    role: str | None = None
+    role: Role | None = None
     bounded_eps: float | None = None
     restarts: int = 1
 
@@ -88,8 +103,8 @@ class Plan:
 
     Attributes:
       ev: the `config.eval` section.
-      target: the evaluated classifier (`target.Target`).
-      source: the transfer source (`target.Target`) or None.
+      target: the evaluated classifier (`target.EvaluatedClassifier`).
+      source: the transfer source (`target.EvaluatedClassifier`) or None.
       n_all: examples every counted row runs on.
     """
 
@@ -176,17 +191,17 @@ def _fgsm(plan: Plan, c) -> None:
         return attacks.fgsm(t.whitebox, x, y, k, eps=eps)
 
     plan.add(Row("fgsm", "fgsm", plan.whitebox_threat, plan.n_all, {"eps": eps}, make=make,
-                 counted=True, role="fgsm"))  # fmt: skip
+                 counted=True, role=Role.FGSM))  # fmt: skip
 
 
 def _pgd(plan: Plan, c) -> None:
     t, threat = plan.target, plan.whitebox_threat
     for s in c.steps:
-        role = "reference" if s == plan.main_steps else None
+        role = Role.REFERENCE if s == plan.main_steps else None
         plan.pgd(f"pgd_{s}", "pgd", threat, plan.n_all, t.whitebox, steps=s, counted=True,
                  role=role)  # fmt: skip
     plan.pgd(f"pgd_long_{c.long_steps}", "pgd", threat, plan.size(c.long_examples), t.whitebox,
-             steps=c.long_steps, role="long")  # fmt: skip
+             steps=c.long_steps, role=Role.LONG)  # fmt: skip
 
 
 def _cw(plan: Plan, c) -> None:
@@ -199,7 +214,7 @@ def _eot(plan: Plan, c) -> None:
     size = 5 * plan.eps / c.steps if c.step_size is None else float(c.step_size)
     plan.pgd("bpda_eot", "eot", f"{plan.whitebox_threat}+EOT", plan.n_all, plan.target.whitebox,
              steps=c.steps, step_size=size, eot_samples=c.samples, keep_best=True, counted=True,
-             role="eot")  # fmt: skip
+             role=Role.EOT)  # fmt: skip
 
 
 def _apgd(plan: Plan, c) -> None:
@@ -230,7 +245,7 @@ def _network_only(plan: Plan, c) -> None:
 
 def _graybox(plan: Plan, c) -> None:
     plan.pgd("graybox", "graybox", "gray-box (bare network)", plan.n_all, plan.target.network,
-             counted=True, role="graybox")  # fmt: skip
+             counted=True, role=Role.GRAYBOX)  # fmt: skip
 
 
 def _transfer(plan: Plan, c) -> None:
@@ -242,12 +257,12 @@ def _transfer(plan: Plan, c) -> None:
         return attacks.fgsm(src.whitebox, x, y, k, eps=eps)
 
     plan.add(Row("transfer_fgsm", "transfer", threat, plan.n_all, {"eps": eps}, make=fgsm,
-                 role="blackbox"))  # fmt: skip
+                 role=Role.BLACKBOX))  # fmt: skip
     plan.pgd(f"transfer_{plan.main_pgd}", "transfer", threat, plan.n_all, src.whitebox,
-             role="blackbox")  # fmt: skip
+             role=Role.BLACKBOX)  # fmt: skip
     for kappa in list(plan.ev.cw.kappas)[:1]:
         plan.pgd(f"transfer_cw_k{kappa:g}", "transfer", threat, plan.n_all, src.whitebox,
-                 loss="cw", kappa=float(kappa), role="blackbox")  # fmt: skip
+                 loss="cw", kappa=float(kappa), role=Role.BLACKBOX)  # fmt: skip
     # The authors' transfer CW: foolbox CW-L2 at confidence 20, unbounded in L-inf, where any
     # misclassified iterate counts as found (confident_only=False, as foolbox 1.6.2 did).
     opts = {"confidence": float(c.cw_l2_confidence), "steps": int(c.cw_l2_steps),
@@ -278,7 +293,7 @@ def _spsa(plan: Plan, c) -> None:
         return attacks.spsa(t.whitebox, x, y, k, **opts, batch_samples=math.gcd(c.samples, 128))
 
     plan.add(Row("spsa", "spsa", "score-based", plan.size(c.examples), opts, make=make,
-                 role="blackbox"))  # fmt: skip
+                 role=Role.BLACKBOX))  # fmt: skip
 
 
 def _boundary(plan: Plan, c) -> None:
@@ -289,7 +304,7 @@ def _boundary(plan: Plan, c) -> None:
 
     params = {"eps": plan.eps, "steps": int(c.steps), "proposals": int(c.proposals)}
     plan.add(Row("boundary", "boundary", "decision-based", plan.size(c.examples), params,
-                 make=make, bounded_eps=plan.eps, role="blackbox"))  # fmt: skip
+                 make=make, bounded_eps=plan.eps, role=Role.BLACKBOX))  # fmt: skip
 
 
 def _vote(plan: Plan, c) -> None:
@@ -324,23 +339,23 @@ def _sanity(plan: Plan, c) -> None:
         name = f"sweep_eps_x{m:g}"
         if m == 1 and plan.has(main):
             plan.add(Row(name, "sanity", threat, n, {**common, "eps_multiplier": m}, reuse=main,
-                         role="sweep"))  # fmt: skip
+                         role=Role.SWEEP))  # fmt: skip
         else:
             plan.pgd(name, "sanity", threat, n, t.whitebox, eps=plan.eps * m,
-                     step_size=float(ev.step_size) * m, role="sweep",
+                     step_size=float(ev.step_size) * m, role=Role.SWEEP,
                      extra_params={"eps_multiplier": m})  # fmt: skip
     if not t.uses_me:
         plan.skipped["no_me_pgd"] = plan.skipped["fixed_mask_pgd"] = "the model has no ME"
         return
     if plan.has("graybox"):
         plan.add(Row("no_me_pgd", "sanity", "no ME (bare network)", plan.n_all, common,
-                     reuse="graybox", judge="network", role="no_me"))  # fmt: skip
+                     reuse="graybox", judge="network", role=Role.NO_ME))  # fmt: skip
     else:
         plan.pgd("no_me_pgd", "sanity", "no ME (bare network)", n, t.network, judge="network",
-                 role="no_me")  # fmt: skip
+                 role=Role.NO_ME)  # fmt: skip
     plan.pgd("fixed_mask_pgd", "sanity", "one fixed mask (exact gradients)", n,
              lambda x, k: t.fixed(rng.fixed_mask_key(k)), per_batch=True, judge="fixed",
-             role="fixed_mask")  # fmt: skip
+             role=Role.FIXED_MASK)  # fmt: skip
 
 
 def _steps_tuple(v) -> bool:

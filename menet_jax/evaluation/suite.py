@@ -7,7 +7,7 @@ own settings from `config` (the budgets `config.eval`, `eval_batch_size`, the vo
 set on purpose (`overrides`: me.method, the solver's options). It plans the rows of the selected
 kinds (`rows.KINDS`: each kind of row, its config section, threat model and checks, is defined
 once there), runs them one after another on prefixes of the run's test split, and writes
-results.json / .md / .npz (`report`) and the evaluation's figures (`figures`: PNGs,
+results.json / .md / .npz (`report`) and the evaluation's figures (`plots`: PNGs,
 TensorBoard). The counted rows (white-box and gray-box at eval.eps) all run on the first
 eval.num_examples examples and make the headline; the others are diagnostics.
 
@@ -21,10 +21,10 @@ Devices: the evaluation runs on every device of every process (docs/method.md §
 of eval_batch_size examples (divisible by the device count; a row of fewer examples is padded to
 a multiple of it, one batch, so its keys stay batch 0's) is sharded over the 'data' mesh like a
 training batch, each process supplying its contiguous slice; the network is replicated, ME runs
-per device and the per-example judges run whole per device (`target.Target`). Every draw depends
-on the example's index and its batch only, so the results are those of one device. Results come
-back replicated to every process in the same order; process 0 alone writes results.json / .md /
-.npz, the figures, TensorBoard and eval_partial/.
+per device and the per-example judges run whole per device (`target.EvaluatedClassifier`).
+Every draw depends on the example's index and its batch only, so the results are those of one
+device. Results come back replicated to every process in the same order; process 0 alone writes
+results.json / .md / .npz, the figures, TensorBoard and eval_partial/.
 
 Resuming: each finished row is saved to WORKDIR/eval_partial/ with a fingerprint of everything
 that decides its result (the eval config, the checkpoint, the ME options); a killed evaluation
@@ -61,10 +61,10 @@ from menet_jax import (
     rng,
 )
 from menet_jax.config import ConfigError
-from menet_jax.evaluation import figures, protocol, report
+from menet_jax.evaluation import plots, protocol, report
 from menet_jax.evaluation.rows import KINDS, Plan, Row
 from menet_jax.evaluation.settings import parse_attacks, validate_eval
-from menet_jax.evaluation.target import Target
+from menet_jax.evaluation.target import EvaluatedClassifier
 
 
 def judging_keys(seed: int, draws: int) -> jax.Array:
@@ -79,10 +79,10 @@ def global_batch(n: int, batch_size: int, devices: int) -> int:
     return min(batch_size, -(-n // devices) * devices)
 
 
-def _batches(x_all: np.ndarray, y_all: np.ndarray, n: int, bs: int, model: Target):
+def _batches(x_all: np.ndarray, y_all: np.ndarray, n: int, bs: int, model: EvaluatedClassifier):
     """(batch index, start, real size m, images, labels) of the first n examples in batches of
     bs, the last one padded to bs (`input_pipeline.pad_batch`), so every batch has one shape;
-    images and labels sharded over the mesh (`Target.put`)."""
+    images and labels sharded over the mesh (`EvaluatedClassifier.put`)."""
     for b, start in enumerate(range(0, n, bs)):
         m = min(bs, n - start)
         x = model.put(input_pipeline.pad_batch(x_all[start : start + m], bs))
@@ -90,7 +90,7 @@ def _batches(x_all: np.ndarray, y_all: np.ndarray, n: int, bs: int, model: Targe
         yield b, start, m, x, y
 
 
-def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -> dict:
+def run_row(row: Row, model: EvaluatedClassifier, data, keys, cache: dict, batch_size: int) -> dict:
     """Attacks and judges one row: `correct` / `top5` bool [restarts, 2R, n] (the first R
     draws measure, the last R select), plus per-example randomness flags of restart 0."""
     x_all, y_all, judge_keys = data
@@ -145,7 +145,7 @@ def run_row(row: Row, model: Target, data, keys, cache: dict, batch_size: int) -
     return out
 
 
-def _runtime_checks(model: Target, data, keys, batch_size: int) -> dict:
+def _runtime_checks(model: EvaluatedClassifier, data, keys, batch_size: int) -> dict:
     """AutoAttack's runtime checks on the clean examples (one draw each): the fraction whose loss
     gradient through the white-box path is exactly zero, and the fraction whose logits look like
     probabilities (non-negative, at most 1, summing to 1: a softmax output weakens CE attacks)."""
@@ -160,7 +160,7 @@ def _runtime_checks(model: Target, data, keys, batch_size: int) -> dict:
     return {"zero_gradient": float(zero.mean()), "probability_logits": float(probs.mean())}
 
 
-def _load_source(source_workdir: str, run_config, *, votes: int, top5: bool) -> Target:
+def _load_source(source_workdir: str, run_config, *, votes: int, top5: bool) -> EvaluatedClassifier:
     if not paths.isdir(source_workdir):
         raise ValueError(
             f"config.eval.transfer.source_workdir={source_workdir!r} is not a directory"
@@ -172,10 +172,12 @@ def _load_source(source_workdir: str, run_config, *, votes: int, top5: bool) -> 
             f"{src.config.dataset!r} model; the evaluated model is trained on "
             f"{run_config.dataset!r}"
         )
-    return Target(src, votes=votes, top5=top5)
+    return EvaluatedClassifier(src, votes=votes, top5=top5)
 
 
-def plan_rows(ev, groups: set[str], model: Target, source: Target | None, n_all: int) -> Plan:
+def plan_rows(
+    ev, groups: set[str], model: EvaluatedClassifier, source: EvaluatedClassifier | None, n_all: int
+) -> Plan:
     """The rows of the selected kinds, in `rows.KINDS` order, and the kinds skipped and why."""
     plan = Plan(ev, model, source, n_all)
     for kind in KINDS:
@@ -335,8 +337,9 @@ def config_in_force(
 
 
 def _load_target(config, workdir: str, overrides: Iterable[str]):
-    """(the classifier in force, its Target, the source Target or None, the ME options it is
-    evaluated with otherwise than trained), after every check that needs no checkpoint."""
+    """(the classifier in force, its EvaluatedClassifier, the source EvaluatedClassifier or None,
+    the ME options it is evaluated with otherwise than trained), after every check that needs no
+    checkpoint."""
     ev = config.eval
     validate_eval(ev)
     groups = parse_attacks(ev.attacks)
@@ -356,7 +359,7 @@ def _load_target(config, workdir: str, overrides: Iterable[str]):
         clf, config=config, inference_p=defense.default_inference_p(config.me)
     )
     top5 = clf.num_classes > 10
-    model = Target(clf, votes=int(config.me.votes), top5=top5, gradient=ev.gradient)
+    model = EvaluatedClassifier(clf, votes=int(config.me.votes), top5=top5, gradient=ev.gradient)
     source, source_dir = None, ev.transfer.source_workdir
     if "transfer" in groups and source_dir:
         source = _load_source(source_dir, config, votes=int(config.me.votes), top5=top5)
@@ -469,8 +472,8 @@ def evaluate(
     arrays = out.pop("_arrays")
     if jax.process_index() == 0:
         report.write(out, arrays, workdir)
-        pngs = figures.write_figures(out, workdir)
-        figures.log_to_tensorboard(out, workdir, pngs)
+        pngs = plots.write_figures(out, workdir)
+        plots.log_to_tensorboard(out, workdir, pngs)
         store.remove()
     print(f"evaluation done in {out['budgets']['total_seconds']:.0f} s", file=sys.stderr)
     return out

@@ -1,8 +1,8 @@
 """The evaluated classifier as jit-friendly functions: what attacks differentiate, how rows judge.
 
-`Target(clf, votes=, top5=, gradient=)` wraps a `DefendedClassifier` once, so every jitted
-function keeps its cache across batches and rows (arrays travel as traced arguments, functions by
-identity). Every logits function comes from `DefendedClassifier.logits_fn`:
+`EvaluatedClassifier(clf, votes=, top5=, gradient=)` wraps a `DefendedClassifier` once, so every
+jitted function keeps its cache across batches and rows (arrays travel as traced arguments,
+functions by identity). Every logits function comes from `DefendedClassifier.logits_fn`:
 
   whitebox   one fresh mask + ME, gradients by `gradient` ("bpda" straight-through or "exact");
   network    the bare network;
@@ -65,7 +65,7 @@ def _score_specs(top5: bool) -> dict:
     return {**specs, "top5": P(None, "data")} if top5 else specs
 
 
-class Target:
+class EvaluatedClassifier:
     """Pure functions of one classifier, created once so jit caches stay warm across batches."""
 
     def __init__(self, clf, *, votes: int, top5: bool, gradient: str = "bpda", mesh=None):

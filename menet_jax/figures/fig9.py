@@ -7,12 +7,12 @@ the masked image (missing entries black) and the reconstruction by each method. 
 reconstruction PSNR of each method at each p as `name: value` lines.
 """
 
-import argparse
 import sys
 
 import jax
 import numpy as np
 
+from menet_jax import cli
 from menet_jax.figures import photos
 from menet_jax.figures.photos import psnr
 from menet_jax.me import masks
@@ -65,19 +65,22 @@ def save_grid(path: str, cols, titles, row_names) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m menet_jax.figures.fig9", description=__doc__)
-    ap.add_argument("--out", default="fig9.png", help="output PNG path")
-    ap.add_argument("--size", type=int, default=32, help="image side (32 = CIFAR)")
-    ap.add_argument("--p", default="0.3,0.5,0.7", help="comma-separated observation probabilities")
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated")
-    ap.add_argument(
-        "--images", default="astronaut,chelsea,coffee,rocket", help="skimage.data names"
+def _options() -> cli.Options:
+    return (
+        cli.Options("python -m menet_jax.figures.fig9", __doc__)
+        .define("string", "out", "fig9.png", "output PNG path")
+        .define("integer", "size", 32, "image side (32 = CIFAR)")
+        .define("string", "p", "0.3,0.5,0.7", "comma-separated observation probabilities")
+        .define("string", "methods", ",".join(DEFAULT_METHODS), "comma-separated")
+        .define("string", "images", "astronaut,chelsea,coffee,rocket", "skimage.data names")
+        .define("enum", "channels", "concat", "", enum_values=list(masks.CHANNEL_MODES))
+        .define("integer", "seed", 0, "the masks' seed")
     )
-    ap.add_argument("--channels", default="concat", choices=masks.CHANNEL_MODES)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
     try:
+        args = _options().parse(argv)
         ps = [float(v) for v in args.p.split(",") if v]
         for p in ps:
             masks.check_p(p)

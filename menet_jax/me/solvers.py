@@ -38,7 +38,7 @@ import numpy as np
 from jax import lax
 
 from menet_jax.me import gradients, linalg
-from menet_jax.me.checks import check_iterative, check_pair, check_positive
+from menet_jax.me.arguments import check_iterative, check_pair, check_positive
 
 _F32_EPS = float(np.finfo(np.float32).eps)
 

@@ -1,4 +1,4 @@
-"""Tests of menet_jax.evaluation.figures: the PNGs of a results.json-shaped report and its
+"""Tests of menet_jax.evaluation.plots: the PNGs of a results.json-shaped report and its
 TensorBoard log, read back from the event files and checked against the numbers put in."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from menet_jax.evaluation import figures
+from menet_jax.evaluation import plots
 
 MAIN_EPS = 0.3
 N_ATTACKS = 13 + 6 + 2  # named rows, sweep rows, rows with eps null
@@ -86,7 +86,7 @@ def _png_shape(path):
 
 
 def test_write_figures_writes_both_pngs(tmp_path):
-    paths = figures.write_figures(synthetic_report(), str(tmp_path / "figs"))
+    paths = plots.write_figures(synthetic_report(), str(tmp_path / "figs"))
     names = [os.path.basename(p) for p in paths]
     assert names == ["accuracy_vs_eps.png", "rows.png"]
     for p in paths:
@@ -98,17 +98,17 @@ def test_write_figures_writes_both_pngs(tmp_path):
 
 def test_sweep_selection_main_eps_and_clean_point():
     report = synthetic_report()
-    pts = figures.sweep_points(report)
+    pts = plots.sweep_points(report)
     assert [p[0] for p in pts] == pytest.approx([m * MAIN_EPS for m in SWEEP])
     assert [p[1] for p in pts] == list(SWEEP.values())
-    assert figures.main_eps(report) == MAIN_EPS
-    assert figures.num_classes(report) == 10
-    assert figures.num_classes({**report, "num_classes": 100}) == 100
+    assert plots.main_eps(report) == MAIN_EPS
+    assert plots.num_classes(report) == 10
+    assert plots.num_classes({**report, "num_classes": 100}) == 100
     # With `role` the field decides: a row named otherwise joins, a sweep_eps_x name without it
     # leaves.
     report["attacks"]["sweep_eps_x4"]["role"] = "diagnostic"
     report["attacks"]["pgd_1000"]["role"] = "sweep"
-    assert {p[3] for p in figures.sweep_points(report)} == {
+    assert {p[3] for p in plots.sweep_points(report)} == {
         f"sweep_eps_x{m:g}" for m in SWEEP if m != 4.0
     } | {"pgd_1000"}
 
@@ -118,7 +118,7 @@ def test_no_eps_plot_with_one_sweep_point(tmp_path):
     for name in [n for n in report["attacks"] if n.startswith("sweep_eps_x")]:
         if name != "sweep_eps_x1":
             del report["attacks"][name]
-    paths = figures.write_figures(report, str(tmp_path))
+    paths = plots.write_figures(report, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["rows.png"]
     assert not (tmp_path / "accuracy_vs_eps.png").exists()
 
@@ -129,7 +129,7 @@ def test_tolerates_missing_optional_fields(tmp_path):
     del report["attacks"]["pgd_40"]["interval"], report["model"], report["step"]
     del report["attacks"]["sweep_eps_x0"]  # the clean accuracy becomes the eps-0 point
     report["attacks"]["boundary"]["params"] = {}
-    paths = figures.write_figures(report, str(tmp_path))
+    paths = plots.write_figures(report, str(tmp_path))
     assert len(paths) == 2 and all(os.path.getsize(p) > 0 for p in paths)
 
 
@@ -152,8 +152,8 @@ def _events(logdir):
 def test_log_to_tensorboard_scalars_and_images_read_back(tmp_path):
     report = synthetic_report()
     workdir = str(tmp_path)
-    paths = figures.write_figures(report, os.path.join(workdir, "figures"))
-    figures.log_to_tensorboard(copy.deepcopy(report), workdir, paths)
+    paths = plots.write_figures(report, os.path.join(workdir, "figures"))
+    plots.log_to_tensorboard(copy.deepcopy(report), workdir, paths)
 
     scalars, images = {}, {}
     for ev in _events(os.path.join(workdir, "tensorboard")):

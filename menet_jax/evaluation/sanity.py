@@ -3,7 +3,7 @@
 Comparisons between two attack rows are paired per example on the examples both rows ran on (rows
 always run on prefixes of the same test examples), with `stats.paired_difference`, so that mask
 noise alone does not raise a WARN. One-sample bounds are `stats.mean_interval` of per-example
-rates. Rows are found by the role they play (`rows.Row.role`), never by their names.
+rates. Rows are found by the role they play (`rows.Role`), never by their names.
 
 Every check is `{"status": "PASS" | "WARN", "value": ..., "detail": "..."}`.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from menet_jax.evaluation.rows import Role
 from menet_jax.evaluation.stats import mean_interval, not_greater, same_rate
 
 ZERO_GRADIENT_LIMIT = 0.05  # largest fraction of examples with an exactly-zero BPDA gradient
@@ -43,9 +44,9 @@ def compute_checks(
     Args:
       rows: per row name, per-example correctness rates (float [n_row] in [0, 1], or bool) on the
         first n_row examples ("clean" included).
-      roles: what each row is to the checks (`rows.Row.role`): "reference" (the main white-box
-        PGD row), "fgsm", "long", "eot", "graybox", "no_me", "fixed_mask": a row name each;
-        "blackbox": the score-based, decision-based and transfer rows; "sweep": (eps
+      roles: what each row is to the checks (`rows.Role`, or its value): a row name each for
+        REFERENCE (the main white-box PGD row), FGSM, LONG, EOT, GRAYBOX, NO_ME, FIXED_MASK;
+        for BLACKBOX the score-based, decision-based and transfer rows; for SWEEP (eps
         multiplier, row name) pairs in increasing multiplier order.
       headline: per-example headline values (the worst case over the counted rows), or None.
       num_classes: for the chance level 1 / num_classes.
@@ -59,11 +60,12 @@ def compute_checks(
       (checks, skipped): checks by name; skipped maps a check's name to why it was not run.
     """
     checks, skipped = {}, {}
+    roles = {Role(k): v for k, v in roles.items()}  # a role that is not a Role: ValueError
     rows = dict(rows)
     if headline is not None:
         rows["headline"] = np.asarray(headline)
-    main = roles.get("reference")
-    sweep = list(roles.get("sweep", []))
+    main = roles.get(Role.REFERENCE)
+    sweep = list(roles.get(Role.SWEEP, []))
 
     def pair(a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
         n = min(rows[a].size, rows[b].size)
@@ -85,20 +87,20 @@ def compute_checks(
         )
 
     _sweep_checks(checks, skipped, rows, sweep, pair, need, 1.0 / num_classes)
-    if need("pgd_at_least_fgsm", main, roles.get("fgsm")):
-        not_above("pgd_at_least_fgsm", main, roles["fgsm"], "PGD must not be weaker than FGSM")
-    _blackbox_check(checks, skipped, rows, roles.get("blackbox", []), pair)
-    if need("whitebox_at_least_graybox", main, roles.get("graybox")):
+    if need("pgd_at_least_fgsm", main, roles.get(Role.FGSM)):
+        not_above("pgd_at_least_fgsm", main, roles[Role.FGSM], "PGD must not be weaker than FGSM")
+    _blackbox_check(checks, skipped, rows, roles.get(Role.BLACKBOX, []), pair)
+    if need("whitebox_at_least_graybox", main, roles.get(Role.GRAYBOX)):
         not_above(
             "whitebox_at_least_graybox",
             main,
-            roles["graybox"],
+            roles[Role.GRAYBOX],
             "the same PGD through ME must not be weaker than on the bare network (else the "
             "gradient through ME is poor)",
         )
     for check, role, what in (
-        ("no_me_attack_succeeds", "no_me", "the same PGD on the bare network, judged bare"),
-        ("fixed_mask_attack_succeeds", "fixed_mask", "PGD and judging with one fixed mask"),
+        ("no_me_attack_succeeds", Role.NO_ME, "the same PGD on the bare network, judged bare"),
+        ("fixed_mask_attack_succeeds", Role.FIXED_MASK, "PGD and judging with one fixed mask"),
     ):
         if not uses_me:
             skipped[check] = "not an ME-Net (me.method=none)"
@@ -114,10 +116,11 @@ def compute_checks(
             )
     if not uses_me:
         skipped["eot_at_least_bpda"] = "not an ME-Net (me.method=none)"
-    elif need("eot_at_least_bpda", roles.get("eot"), main):
-        not_above("eot_at_least_bpda", roles["eot"], main, "EOT must not be weaker than BPDA")
-    if roles.get("long") and need("more_steps_not_weaker", roles["long"], main):
-        not_above("more_steps_not_weaker", roles["long"], main, "a longer PGD must not be weaker")
+    elif need("eot_at_least_bpda", roles.get(Role.EOT), main):
+        not_above("eot_at_least_bpda", roles[Role.EOT], main, "EOT must not be weaker than BPDA")
+    long = roles.get(Role.LONG)
+    if long and need("more_steps_not_weaker", long, main):
+        not_above("more_steps_not_weaker", long, main, "a longer PGD must not be weaker")
     _runtime_checks(checks, skipped, runtime)
     _randomness_check(checks, skipped, randomness, uses_me)
     return checks, skipped

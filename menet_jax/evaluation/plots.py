@@ -21,6 +21,7 @@ from collections import Counter
 import numpy as np
 
 from menet_jax import monitor, paths
+from menet_jax.evaluation.rows import Role
 
 DEFAULT_NUM_CLASSES = 10
 SWEEP_PREFIX = "sweep_eps_x"
@@ -72,7 +73,7 @@ def rows(report: dict) -> list[tuple[str, dict]]:
 def is_sweep(name: str, entry: dict) -> bool:
     """A row of the eps sweep: `role` "sweep", or, where the row has no role, a sweep_eps_x name."""
     if "role" in entry:
-        return entry["role"] == "sweep"
+        return entry["role"] == Role.SWEEP.value
     return name.startswith(SWEEP_PREFIX)
 
 

@@ -1,4 +1,5 @@
-"""The model and optimizer a config describes, and the learning-rate schedule.
+"""The training recipe a config describes: the model, the optimizer, the learning-rate schedule
+and the step counts (copies per image, steps per epoch, total steps).
 
 `create_model(config, info)` builds the configured network initialised from the run's seed;
 `create_optimizer(model, config, num_train)` the SGD of supplement Table 8 (docs/method.md §4).
