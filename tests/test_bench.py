@@ -106,11 +106,14 @@ def test_bad_option_is_one_error_line_and_exit_code_2(main, argv, named, capsys)
     assert err.startswith("error: ") and err.count("\n") == 1 and named in err
 
 
+@pytest.mark.parametrize(
+    "spelling", [["--config", "configs/nope.py"], ["--config=configs/nope.py"]]
+)
 @pytest.mark.parametrize("main", [train.main, bench_eval.main])
-def test_a_config_file_that_cannot_be_loaded_is_exit_code_1_as_in_main(main, capsys):
+def test_a_config_file_that_cannot_be_loaded_is_exit_code_1_as_in_main(main, spelling, capsys):
     """A --config that cannot be loaded ends as in every entry point (tests/test_cli.py runs
-    each as a process): one line, exit code 1."""
-    assert main(["--config", "configs/nope.py"]) == 1
+    each as a process): one line, exit code 1, whichever way the option is spelled."""
+    assert main(spelling) == 1
     out, err = capsys.readouterr()
     assert out == "" and err == "error: config file 'configs/nope.py' does not exist\n"
 

@@ -66,8 +66,9 @@ ENTRY_POINTS = {
 
 
 def _config_arg(entry: str, spec: str) -> list[str]:
-    """--config as the entry point spells it (absl: one argument; argparse: two), with an
-    override after it where absl takes them (the override must not hide the load error)."""
+    """--config as two arguments for bench (a plain absl string flag, which takes `--config X`
+    as well as `--config=X`), or one with an override after it where the entry point takes
+    overrides (the override must not hide the load error)."""
     if entry.startswith("bench"):
         return ["--config", spec]
     return [f"--config={spec}", "--config.seed=3"]

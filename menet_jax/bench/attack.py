@@ -16,6 +16,7 @@ evaluates x_0 .. x_N, so its figure counts (steps + 1) x images.
 import jax
 import jax.numpy as jnp
 
+from menet_jax import cli
 from menet_jax.attacks.apgd import apgd
 from menet_jax.attacks.pgd import pgd
 from menet_jax.bench import common
@@ -89,27 +90,27 @@ def _measure(
 
 
 def _parse(argv: list[str]):
-    """The options and the model names; raises ValueError on a value the run cannot use."""
-    parser = common.Parser(
-        prog="python -m menet_jax.bench attack", description=__doc__.splitlines()[0]
+    """The options and the model names; raises cli.UsageError on a value the run cannot use."""
+    args = (
+        cli.Options("python -m menet_jax.bench attack", __doc__.splitlines()[0])
+        .define("string", "models", "lenet,resnet18", "comma-separated subset")
+        .define("integer", "steps", 16, "PGD (APGD) steps")
+        .define("string", "attack", "pgd", "pgd or apgd")
+        .define("integer", "batch", 64, "images per attack")
+        .define("float", "p", 0.5, "observation probability of ME")
+        .define("integer", "seed", 0)
+        .parse(argv)
     )
-    parser.add_argument("--models", default="lenet,resnet18", help="comma-separated subset")
-    parser.add_argument("--steps", type=int, default=16, help="PGD (APGD) steps")
-    parser.add_argument("--attack", default="pgd", help="pgd or apgd")
-    parser.add_argument("--batch", type=int, default=64, help="images per attack")
-    parser.add_argument("--p", type=float, default=0.5, help="observation probability of ME")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     if args.attack not in ("pgd", "apgd"):
-        raise common.UsageError(f"--attack must be pgd or apgd, got {args.attack!r}.")
+        raise cli.UsageError(f"--attack must be pgd or apgd, got {args.attack!r}.")
     unknown = [n for n in names if n not in _SETUPS]
     if unknown or not names:
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--models must be a subset of {','.join(_SETUPS)}, got {args.models!r}."
         )
     if args.steps < 1 or args.batch < 1 or not 0 < args.p <= 1:
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--steps and --batch must be >= 1 and --p in (0, 1]; got --steps={args.steps} "
             f"--batch={args.batch} --p={args.p}."
         )
@@ -120,7 +121,7 @@ def main(argv: list[str]) -> int:
     """Runs the benchmark; returns a process exit code (2 for a bad option)."""
     try:
         args, names = _parse(argv)
-    except ValueError as e:
+    except cli.UsageError as e:
         return common.fail(e)
     backend, count, _ = common.devices()
     common.report("attack/backend", f"{backend} ({count} devices)")

@@ -1,30 +1,19 @@
 """What the benchmarks share: the output convention, the error style, timing, the device.
 
 Every result is one `name: value` line on stdout (`report`), so a run can be grepped, diffed
-and pasted into BENCHMARKS.md. A command line the benchmark cannot run with (an unknown option,
-a value out of range) gives one `error: <sentence>` line on stderr and exit code 2: `Parser`
-raises `UsageError` where argparse would print its usage and exit, and `fail` prints the line.
-A `--config` file that cannot be loaded is one line and exit code 1, as in `menet_jax.main`.
+and pasted into BENCHMARKS.md. Each benchmark's options are absl flags in a `menet_jax.cli.Options`
+of its own; a command line the benchmark cannot run with (an unknown option, a value out of
+range) is a `cli.UsageError`, which `fail` prints as one `error: <sentence>` line on stderr with
+exit code 2. A `--config` file that cannot be loaded is one line and exit code 1, as in
+`menet_jax.main`.
 """
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-
-
-class UsageError(ValueError):
-    """A command-line option the benchmark cannot run with."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing its usage and exiting."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help).")
 
 
 def report(name: str, value: Any) -> None:

@@ -45,21 +45,23 @@ def digits_as(shape: tuple[int, int, int], split: str) -> tuple[np.ndarray, np.n
 
 
 def _parse(argv):
-    parser = common.Parser(prog="python -m menet_jax.bench eval", description=__doc__)
-    parser.add_argument("--config", default="configs/cifar10.py", help="configs/*.py[:variant]")
-    parser.add_argument("--examples", type=int, default=100, help="test examples evaluated")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs on the digits")
-    parser.add_argument("--attacks", default="", help="eval.attacks override ('' = the config's)")
-    parser.add_argument("--workdir", default="", help="'' = a temporary folder")
-    args = parser.parse_args(argv)
+    args = (
+        cli.Options("python -m menet_jax.bench eval", __doc__)
+        .define("string", "config", "configs/cifar10.py", "configs/*.py[:variant]")
+        .define("integer", "examples", 100, "test examples evaluated")
+        .define("integer", "epochs", 2, "training epochs on the digits")
+        .define("string", "attacks", "", "eval.attacks override ('' = the config's)")
+        .define("string", "workdir", "", "'' = a temporary folder")
+        .parse(argv)
+    )
     for name in ("examples", "epochs"):
         if getattr(args, name) < 1:
-            raise common.UsageError(f"--{name}={getattr(args, name)} must be a positive integer.")
+            raise cli.UsageError(f"--{name}={getattr(args, name)} must be a positive integer.")
     if args.attacks:
         try:  # before training, not after
             settings.parse_attacks(args.attacks)
         except ConfigError as e:
-            raise common.UsageError(str(e)) from None
+            raise cli.UsageError(str(e)) from None
     config = load_config(args.config)
     config.num_epochs = args.epochs
     config.eval.num_examples = args.examples
@@ -74,7 +76,7 @@ def main(argv: list[str]) -> int:
     that cannot be loaded, as `menet_jax.main` exits)."""
     try:
         args, config = _parse(argv)
-    except common.UsageError as e:
+    except cli.UsageError as e:
         return common.fail(e)
     except ConfigError as e:
         return cli.fail(str(e))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from menet_jax import cli
 from menet_jax.bench import common
 from menet_jax.figures import photos
 from menet_jax.me import masks, solvers
@@ -66,27 +67,29 @@ def _ms_per_image(fn, args, repeats: int) -> float:
 
 
 def _parse(argv: list[str]):
-    """The options and the solver names; raises ValueError on a value the run cannot use."""
-    parser = common.Parser(prog="python -m menet_jax.bench grad", description=__doc__)
-    parser.add_argument("--solvers", default=",".join(SOLVERS), help="comma-separated subset")
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset")
-    parser.add_argument("--batch", type=int, default=64, help="matrices per call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls (median)")
-    parser.add_argument("--p", type=float, default=0.5, help="observation probability")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    """The options and the solver names; raises cli.UsageError on a value the run cannot use."""
+    args = (
+        cli.Options("python -m menet_jax.bench grad", __doc__)
+        .define("string", "solvers", ",".join(SOLVERS), "comma-separated subset")
+        .define("string", "shapes", ",".join(SHAPES), "comma-separated subset")
+        .define("integer", "batch", 64, "matrices per call")
+        .define("integer", "repeats", 5, "timed calls (median)")
+        .define("float", "p", 0.5, "observation probability")
+        .define("integer", "seed", 0)
+        .parse(argv)
+    )
     names = [n for n in args.solvers.split(",") if n]
     shapes = [s for s in args.shapes.split(",") if s]
     if not names or any(n not in SOLVERS for n in names):
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--solvers must be a subset of {','.join(SOLVERS)}, got {args.solvers!r}."
         )
     if not shapes or any(s not in SHAPES for s in shapes):
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--shapes must be a subset of {','.join(SHAPES)}, got {args.shapes!r}."
         )
     if args.batch < 1 or args.repeats < 1 or not 0 < args.p <= 1:
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--batch and --repeats must be >= 1 and --p in (0, 1]; got --batch={args.batch} "
             f"--repeats={args.repeats} --p={args.p}."
         )
@@ -97,7 +100,7 @@ def main(argv: list[str]) -> int:
     """Runs the benchmark; returns a process exit code (2 for a bad option)."""
     try:
         args, names, shapes = _parse(argv)
-    except ValueError as e:
+    except cli.UsageError as e:
         return common.fail(e)
     backend, count, kind = common.devices()
     common.report("grad/backend", f"{backend} ({count} devices, {kind})")

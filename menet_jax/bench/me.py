@@ -11,17 +11,18 @@ each solving its share of the matrices, and the same for the authors' code, sinc
 XLA:CPU process runs these batched small matrix products on about one core.
 """
 
-import argparse
 import functools
 import multiprocessing
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from menet_jax import cli
 from menet_jax.bench import common
 from menet_jax.bench.baselines import BASELINES, float64_softimpute, missing, time_baseline
 from menet_jax.figures import photos
@@ -232,57 +233,58 @@ def _whole_machine(workers, names, args, lanes, batch, images, base_results) -> 
 # --- the command ------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = common.Parser(prog="python -m menet_jax.bench me", description=__doc__)
-    ap.add_argument("--num-images", type=int, default=1024, help="images per JAX solver")
-    ap.add_argument("--batch", type=int, default=1024, help="JAX batch size")
-    ap.add_argument(
-        "--lanes",
-        type=int,
-        default=32,
-        help="iterative solvers: matrices in flight per batch (refilled as they converge); "
-        "0 = the whole batch. 32 keeps the lanes' working set in a CPU core's cache",
+def _options() -> cli.Options:
+    return (
+        cli.Options("python -m menet_jax.bench me", __doc__)
+        .define("integer", "num-images", 1024, "images per JAX solver")
+        .define("integer", "batch", 1024, "JAX batch size")
+        .define(
+            "integer",
+            "lanes",
+            32,
+            "iterative solvers: matrices in flight per batch (refilled as they converge); "
+            "0 = the whole batch. 32 keeps the lanes' working set in a CPU core's cache",
+        )
+        .define("float", "p", 0.5, "observation probability")
+        .define(
+            "string", "solvers", ",".join(JAX_SOLVERS), f"comma-separated, of {list(JAX_SOLVERS)}"
+        )
+        .define("integer", "baseline-images", 256, "numpy USVT images")
+        .define("integer", "fancy-images", 64, "fancyimpute images")
+        .define("integer", "cvxpy-images", 6, "cvxpy/SCS images")
+        .define("boolean", "no-baselines", False)
+        .define(
+            "integer",
+            "reference-images",
+            256,
+            "matrices for the iteration counts and the float64 accuracy check (0 skips)",
+        )
+        .define("integer", "seed", 0)
+        .define(
+            "integer",
+            "workers",
+            None,
+            "also time N processes at once (one per core; default: the core count on a CPU "
+            "backend, 1 elsewhere); <= 1 skips it",
+        )
     )
-    ap.add_argument("--p", type=float, default=0.5, help="observation probability")
-    ap.add_argument(
-        "--solvers", default=",".join(JAX_SOLVERS), help=f"comma-separated, of {list(JAX_SOLVERS)}"
-    )
-    ap.add_argument("--baseline-images", type=int, default=256, help="numpy USVT images")
-    ap.add_argument("--fancy-images", type=int, default=64, help="fancyimpute images")
-    ap.add_argument("--cvxpy-images", type=int, default=6, help="cvxpy/SCS images")
-    ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument(
-        "--reference-images",
-        type=int,
-        default=256,
-        help="matrices for the iteration counts and the float64 accuracy check (0 skips)",
-    )
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="also time N processes at once (one per core; default: the core count on a CPU "
-        "backend, 1 elsewhere); <= 1 skips it",
-    )
-    return ap
 
 
-def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """The options and the solver names; raises ValueError on a value the run cannot use."""
-    args = _parser().parse_args(argv)
+def _parse(argv: list[str]) -> tuple[SimpleNamespace, list[str]]:
+    """The options and the solver names; raises cli.UsageError on a value the run cannot use."""
+    args = _options().parse(argv)
     names = [s for s in args.solvers.split(",") if s]
     unknown = [s for s in names if s not in JAX_SOLVERS]
     if unknown or not names:
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--solvers={args.solvers!r} must name one or more of {','.join(JAX_SOLVERS)}."
         )
     if args.num_images < 1 or args.batch < 1:
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--num-images={args.num_images} and --batch={args.batch} must both be >= 1."
         )
     if not 0 < args.p <= 1:
-        raise common.UsageError(f"--p={args.p} must be in (0, 1].")
+        raise cli.UsageError(f"--p={args.p} must be in (0, 1].")
     return args, names
 
 
@@ -343,7 +345,7 @@ def main(argv: list[str]) -> int:
     """Runs the benchmark; returns a process exit code (2 for a bad option)."""
     try:
         args, names = _parse(argv)
-    except ValueError as e:
+    except cli.UsageError as e:
         return common.fail(e)
     batch = min(args.batch, args.num_images)
     images, a, m = _problem(args.num_images, args.p, args.seed)

@@ -143,20 +143,22 @@ def torch_images_per_s(config, *, steps: int) -> float | None:
 
 
 def _parse(argv: list[str]):
-    """The options and the config; raises UsageError on an option the run cannot use, ConfigError
-    on a config file that cannot be loaded."""
-    parser = common.Parser(prog="python -m menet_jax.bench train", description=__doc__)
-    parser.add_argument("--config", default="configs/mnist_demo.py")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
-    parser.add_argument("--method", default="", help=f"ME method of the online step, of {METHODS}")
-    args = parser.parse_args(argv)
+    """The options and the config; raises cli.UsageError on an option the run cannot use,
+    ConfigError on a config file that cannot be loaded."""
+    args = (
+        cli.Options("python -m menet_jax.bench train", __doc__)
+        .define("string", "config", "configs/mnist_demo.py")
+        .define("integer", "steps", 30)
+        .define("integer", "batch_size", 0, "0: the config's")
+        .define("string", "method", "", f"ME method of the online step, of {METHODS}")
+        .parse(argv)
+    )
     if args.steps < 1 or args.batch_size < 0:
-        raise common.UsageError(
+        raise cli.UsageError(
             f"--steps={args.steps} must be >= 1 and --batch_size={args.batch_size} >= 0."
         )
     if args.method and args.method not in METHODS:
-        raise common.UsageError(f"--method={args.method!r} must be one of {', '.join(METHODS)}.")
+        raise cli.UsageError(f"--method={args.method!r} must be one of {', '.join(METHODS)}.")
     config = load_config(args.config)
     if args.batch_size:
         config.batch_size = args.batch_size
@@ -170,7 +172,7 @@ def main(argv: list[str]) -> int:
     that cannot be loaded, as `menet_jax.main` exits)."""
     try:
         args, config = _parse(argv)
-    except common.UsageError as e:
+    except cli.UsageError as e:
         return common.fail(e)
     except ConfigError as e:
         return cli.fail(str(e))
