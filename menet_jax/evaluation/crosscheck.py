@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
             raise cli.UsageError("--workdir is required (the evaluated run's workdir).")
     except cli.UsageError as e:
         cli.fail(str(e))
-        return 2  # a usage error, as argparse's
+        return 2  # a usage error (exit 2, as every entry point's)
     try:
         out = run(
             args.workdir,
