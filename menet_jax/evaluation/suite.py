@@ -343,17 +343,17 @@ def _load_target(config, workdir: str, overrides: Iterable[str]):
     ev = config.eval
     validate_eval(ev)
     groups = parse_attacks(ev.attacks)
+    if config.eval_batch_size % jax.device_count():
+        raise ConfigError(
+            f"config.eval_batch_size={config.eval_batch_size} must be divisible by the number of "
+            f"devices ({jax.device_count()}): the evaluation's batches are split over all of them"
+        )
     if not paths.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} does not exist; train a model there first")
     source_path = paths.join(workdir, checkpoint.CONFIG_FILE)
     config, changed = config_in_force(
         config, checkpoint.read_config(workdir), overrides, source=source_path
     )
-    if config.eval_batch_size % jax.device_count():
-        raise ConfigError(
-            f"config.eval_batch_size={config.eval_batch_size} must be divisible by the number of "
-            f"devices ({jax.device_count()}): the evaluation's batches are split over all of them"
-        )
     clf = checkpoint.load(workdir)
     clf = dataclasses.replace(
         clf, config=config, inference_p=defense.default_inference_p(config.me)

@@ -192,9 +192,9 @@ def model_key(config) -> dict:
         d["me"] = {"method": "none"}
     if not d["adv"]["enabled"]:
         d["adv"] = {"enabled": False}
-    # Keys of config schema 4, dropped at their defaults so that models cached before keep
-    # their hashes.
-    for key, default in _V4_DEFAULTS.items():
+    # Keys added since schema 3 (schema 4's, and the learning-rate schedule's), dropped at
+    # their defaults so that models cached before keep their hashes.
+    for key, default in _ADDED_DEFAULTS.items():
         if key in d and d[key] == default:
             del d[key]
     if d["adv"].get("attack_bn") == "eval":
@@ -202,7 +202,13 @@ def model_key(config) -> dict:
     return d
 
 
-_V4_DEFAULTS = {"model_width": 64, "model_mean": None, "model_std": None}
+_ADDED_DEFAULTS = {
+    "model_width": 64,
+    "model_mean": None,
+    "model_std": None,
+    "lr_schedule": "step",
+    "lr_warmup_fraction": 0.1,
+}
 
 
 def model_hash(config) -> str:
