@@ -244,11 +244,37 @@ def _save(cache: str, meta: dict, arrays: dict) -> None:
 
 
 _MEMO: dict[str, tuple[dict, dict]] = {}
+_SCANS: dict[str, tuple[tuple, tuple]] = {}
+
+
+def _stamp(root: str) -> tuple | None:
+    """Modification times of a local folder, its splits and their class folders (adding,
+    removing or renaming an image changes one of them); None for a bucket."""
+    if paths.is_remote(root):
+        return None
+    try:
+        folders = [root] + [os.path.join(root, s) for s in SPLITS]
+        folders += [e.path for f in folders[1:] for e in os.scandir(f) if e.is_dir()]
+        return tuple(sorted((f, os.stat(f).st_mtime_ns) for f in folders))
+    except OSError:
+        return None  # scan() names what is wrong
+
+
+def _scan_once(root: str) -> tuple:
+    """`scan(root)`, read again only when the folder's `_stamp` moved (a run loads a split
+    several times; a full listing of CIFAR-10's 58,000 files takes seconds)."""
+    stamp = _stamp(root)
+    if stamp is not None and _SCANS.get(root, (None,))[0] == stamp:
+        return _SCANS[root][1]
+    result = scan(root)
+    if stamp is not None:
+        _SCANS[root] = (stamp, result)
+    return result
 
 
 def _load(root: str, *, progress: bool = True) -> tuple[dict, dict]:
     """(meta, {split: (images, labels)}) of the folder, decoding it on first use."""
-    classes, listing = scan(root)  # every time: a changed folder is a new cache
+    classes, listing = _scan_once(root)  # a changed folder is a new cache
     cache = _cache_dir(root, listing)
     if cache in _MEMO:
         return _MEMO[cache]

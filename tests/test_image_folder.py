@@ -109,7 +109,7 @@ def test_test_order_mixes_classes_and_is_fixed(tmp_path):
     np.testing.assert_array_equal(again, y)  # the same order from the cache
 
 
-def test_second_load_reads_the_cache_and_a_changed_folder_is_decoded_again(tmp_path, monkeypatch):
+def test_second_load_reads_the_cache_and_a_changed_folder_is_read_again(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "photos")
     first = input_pipeline.load_split("image_folder", "train", data_dir=str(root))
     image_folder._MEMO.clear()
@@ -117,7 +117,11 @@ def test_second_load_reads_the_cache_and_a_changed_folder_is_decoded_again(tmp_p
     def no_decoding(path):
         raise AssertionError(f"decoded {path} although the cache holds it")
 
+    def no_rescan(root):
+        raise AssertionError(f"listed {root} again although nothing in it changed")
+
     monkeypatch.setattr(image_folder, "_decode", no_decoding)
+    monkeypatch.setattr(image_folder, "scan", no_rescan)
     second = input_pipeline.load_split("image_folder", "train", data_dir=str(root))
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
