@@ -2,9 +2,10 @@
 
 Prints `name: value` lines: images/s of each JAX solver on CIFAR-shaped 32x96 matrices ([R|G|B]
 of 32x32 crops of real skimage.data photos, in [-1, 1]) at p = 0.5 on the current backend, each
-solver's reconstruction PSNR, and, when importable, the authors' one-image-at-a-time approach on
-the same matrices (numpy USVT with np.linalg.svd as coded, fancyimpute.SoftImpute, cvxpy + SCS
-nuclear norm) with the speed ratios.
+solver's reconstruction PSNR (`tvm`, Guo et al.'s TV minimisation, docs/method.md §2.7, solves
+the same masked images as 32x32x3 images at its default weight and iterations), and, when
+importable, the authors' one-image-at-a-time approach on the same matrices (numpy USVT with
+np.linalg.svd as coded, fancyimpute.SoftImpute, cvxpy + SCS nuclear norm) with the speed ratios.
 
 On a CPU backend it also measures the whole machine: one JAX process per core (`--workers`),
 each solving its share of the matrices, and the same for the authors' code, since a single
@@ -26,8 +27,17 @@ from menet_jax import cli
 from menet_jax.bench import common
 from menet_jax.bench.baselines import BASELINES, float64_softimpute, missing, time_baseline
 from menet_jax.figures import photos
-from menet_jax.me import masks, solvers
+from menet_jax.me import masks, solvers, tvm
 from menet_jax.me.reconstruct import images_to_matrices, matrices_to_images
+
+
+def _tvm(a: jax.Array, m: jax.Array) -> jax.Array:
+    """TV minimisation of [R|G|B] matrices [B, H, C*W] in [-1, 1], C = 3, as images."""
+    shape = a.shape[:-1] + (a.shape[-1] // 3, 3)
+    images = matrices_to_images((a + 1.0) / 2.0, shape, "concat")
+    out = tvm.tv_minimize(images, matrices_to_images(m, shape, "concat"))
+    return 2.0 * images_to_matrices(out, "concat") - 1.0
+
 
 # Every solver is called as fn(a, mask, lanes=..., **options); the iterative ones also take
 # return_iterations=True.
@@ -38,15 +48,17 @@ JAX_SOLVERS = {
     "nucnorm": lambda a, m, **kw: solvers.nucnorm(a, m, **kw),
     # The same iterations with a LAPACK eigendecomposition per step (the pre-tracking path).
     "softimpute_eigh": lambda a, m, **kw: solvers.softimpute(a, m, svt="eigh", **kw),
+    "tvm": lambda a, m, lanes=None: _tvm(a, m),
 }
 ITERATIVE = ("softimpute", "softimpute_acc", "nucnorm", "softimpute_eigh")
-# Which authors' baseline each JAX solver is compared with.
+# Which authors' baseline each JAX solver is compared with (None: no baseline).
 BASELINE_OF = {
     "usvt": "usvt",
     "softimpute": "softimpute",
     "softimpute_acc": "softimpute",
     "nucnorm": "nucnorm",
     "softimpute_eigh": "softimpute",
+    "tvm": None,
 }
 
 
@@ -220,6 +232,8 @@ def _whole_machine(workers, names, args, lanes, batch, images, base_results) -> 
         common.report(f"jax_{s}_img_per_s_{tag}", f"{rate:.1f}")
         common.report(f"jax_{s}_psnr_{tag}", f"{psnr(to_images(out, images.shape), images):.2f}")
         kind = BASELINE_OF[s]
+        if kind is None:
+            continue
         lib = BASELINES[kind][0]
         if kind in base_results:
             # The comparison this benchmark is for: the machine's cores against the authors' loop
@@ -300,7 +314,7 @@ def _run_baselines(args, names, a, m, images) -> dict:
         "nucnorm": args.cvxpy_images,
     }
     results = {}
-    for kind in sorted({BASELINE_OF[s] for s in names}):
+    for kind in sorted({BASELINE_OF[s] for s in names} - {None}):
         lib, fn = BASELINES[kind]
         n = min(n_base[kind], args.num_images)
         why = missing(kind) if n >= 1 else None
