@@ -31,11 +31,21 @@ from menet_jax.me import masks, solvers, tvm
 from menet_jax.me.reconstruct import images_to_matrices, matrices_to_images
 
 
-def _tvm(a: jax.Array, m: jax.Array) -> jax.Array:
-    """TV minimisation of [R|G|B] matrices [B, H, C*W] in [-1, 1], C = 3, as images."""
+def _tvm(a: jax.Array, m: jax.Array, lanes: int | None = None) -> jax.Array:
+    """TV minimisation of [R|G|B] matrices [B, H, C*W] in [-1, 1], C = 3, as images.
+
+    With `lanes` dividing the batch, `lanes` images at a time (`lax.map`), so that on a CPU the
+    working set stays in cache as the iterative ME solvers' lanes do; the results are the same.
+    """
     shape = a.shape[:-1] + (a.shape[-1] // 3, 3)
     images = matrices_to_images((a + 1.0) / 2.0, shape, "concat")
-    out = tvm.tv_minimize(images, matrices_to_images(m, shape, "concat"))
+    mask = matrices_to_images(m, shape, "concat")
+    if lanes and a.shape[0] % lanes == 0 and a.shape[0] > lanes:
+        chunks = (a.shape[0] // lanes, lanes) + shape[1:]
+        solve = lambda xm: tvm.tv_minimize(*xm)  # noqa: E731
+        out = jax.lax.map(solve, (images.reshape(chunks), mask.reshape(chunks))).reshape(shape)
+    else:
+        out = tvm.tv_minimize(images, mask)
     return 2.0 * images_to_matrices(out, "concat") - 1.0
 
 
@@ -48,7 +58,7 @@ JAX_SOLVERS = {
     "nucnorm": lambda a, m, **kw: solvers.nucnorm(a, m, **kw),
     # The same iterations with a LAPACK eigendecomposition per step (the pre-tracking path).
     "softimpute_eigh": lambda a, m, **kw: solvers.softimpute(a, m, svt="eigh", **kw),
-    "tvm": lambda a, m, lanes=None: _tvm(a, m),
+    "tvm": lambda a, m, lanes=None: _tvm(a, m, lanes),
 }
 ITERATIVE = ("softimpute", "softimpute_acc", "nucnorm", "softimpute_eigh")
 # Which authors' baseline each JAX solver is compared with (None: no baseline).

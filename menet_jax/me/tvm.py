@@ -62,28 +62,34 @@ def check_tvm_options(*, weight: Any = TVM_WEIGHT, iterations: Any = TVM_ITERATI
         )
 
 
+def _pad(x: jax.Array, axis: int, before: int, after: int) -> jax.Array:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return jnp.pad(x, widths)
+
+
 def _gradient(u: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Forward differences of [..., H, W, C] along W and H, 0 in the last column / row."""
-    zx, zy = jnp.zeros_like(u[..., :, :1, :]), jnp.zeros_like(u[..., :1, :, :])
-    gx = jnp.concatenate([u[..., :, 1:, :] - u[..., :, :-1, :], zx], -2)
-    gy = jnp.concatenate([u[..., 1:, :, :] - u[..., :-1, :, :], zy], -3)
+    """Forward differences of [..., H, W] along W and H, 0 in the last column / row."""
+    gx = _pad(u[..., :, 1:] - u[..., :, :-1], -1, 0, 1)
+    gy = _pad(u[..., 1:, :] - u[..., :-1, :], -2, 0, 1)
     return gx, gy
 
 
 def _divergence(px: jax.Array, py: jax.Array) -> jax.Array:
     """-(the adjoint of `_gradient`): <_gradient(u), (px, py)> = -<u, _divergence(px, py)>."""
-    px = px[..., :, :-1, :]
-    py = py[..., :-1, :, :]
-    zx = jnp.zeros_like(px[..., :, :1, :])
-    zy = jnp.zeros_like(py[..., :1, :, :])
-    dx = jnp.concatenate([px, zx], -2) - jnp.concatenate([zx, px], -2)
-    dy = jnp.concatenate([py, zy], -3) - jnp.concatenate([zy, py], -3)
-    return dx + dy
+    px, py = px[..., :, :-1], py[..., :-1, :]
+    return _pad(px, -1, 0, 1) - _pad(px, -1, 1, 0) + _pad(py, -2, 0, 1) - _pad(py, -2, 1, 0)
+
+
+def _channels_first(x: jax.Array) -> jax.Array:
+    """[..., H, W, C] -> [..., C, H, W]: the differences then run along contiguous rows, which
+    XLA:CPU computes faster than strided ones (BENCHMARKS.md)."""
+    return jnp.moveaxis(x, -1, -3)
 
 
 def total_variation(u: jax.Array) -> jax.Array:
     """Isotropic TV of each channel, summed over channels: [..., H, W, C] -> [...]."""
-    gx, gy = _gradient(u)
+    gx, gy = _gradient(_channels_first(u))
     return jnp.sum(jnp.sqrt(gx * gx + gy * gy), axis=(-3, -2, -1))
 
 
@@ -111,7 +117,7 @@ def _step(state, f, obs, weight):
 
 @functools.partial(jax.jit, static_argnames=("iterations", "differentiable"))
 def _tv_minimize(images, mask, weight, *, iterations, differentiable):
-    mask = lax.stop_gradient(mask)
+    images, mask = _channels_first(images), _channels_first(lax.stop_gradient(mask))
     f = images * mask  # Guo et al. start from the dropped image (dropped pixels 0)
     zeros = jnp.zeros_like(f)
     state = (f, f, zeros, zeros)
@@ -123,9 +129,13 @@ def _tv_minimize(images, mask, weight, *, iterations, differentiable):
         u = lax.fori_loop(0, iterations, body, state)[0]
         inside = (u >= 0.0) & (u <= 1.0)
         # jnp.clip's gradient is 1/2 on the edge; the derivative from inside the box is 1.
-        return jnp.where(inside, u, lax.stop_gradient(jnp.clip(u, 0.0, 1.0)))
-    u = lax.while_loop(lambda c: c[0] < iterations, lambda c: (c[0] + 1, step(c[1])), (0, state))
-    return jnp.clip(u[1][0], 0.0, 1.0)
+        u = jnp.where(inside, u, lax.stop_gradient(jnp.clip(u, 0.0, 1.0)))
+    else:
+        _, state = lax.while_loop(
+            lambda c: c[0] < iterations, lambda c: (c[0] + 1, step(c[1])), (0, state)
+        )
+        u = jnp.clip(state[0], 0.0, 1.0)
+    return jnp.moveaxis(u, -3, -1)
 
 
 def tv_minimize(
