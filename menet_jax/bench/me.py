@@ -35,7 +35,8 @@ def _tvm(a: jax.Array, m: jax.Array, lanes: int | None = None) -> jax.Array:
     """TV minimisation of [R|G|B] matrices [B, H, C*W] in [-1, 1], C = 3, as images.
 
     With `lanes` dividing the batch, `lanes` images at a time (`lax.map`), so that on a CPU the
-    working set stays in cache as the iterative ME solvers' lanes do; the results are the same.
+    working set stays in cache as the iterative ME solvers' lanes do. The results agree to
+    float32 rounding, which 300 iterations grow to at most about 1e-3 on photo tiles.
     """
     shape = a.shape[:-1] + (a.shape[-1] // 3, 3)
     images = matrices_to_images((a + 1.0) / 2.0, shape, "concat")
