@@ -28,6 +28,7 @@ def test_me_benchmark_prints_name_value_lines(capsys):
     assert float(vals["jax_tvm_img_per_s"]) > 0 and float(vals["jax_tvm_img_per_s_2procs"]) > 0
     assert float(vals["jax_tvm_psnr"]) > float(vals["psnr_zero_fill"])
     assert not any(k.startswith("jax_tvm_speedup") for k in vals)
+    assert float(vals["jax_tvm_objective_rel_gap_vs_cvxpy_first6_max"]) < 5e-2
     # Two processes, each solving half of the same matrices, give the same reconstructions.
     assert float(vals["jax_softimpute_acc_img_per_s_2procs"]) > 0
     assert float(vals["numpy_usvt_img_per_s_2procs"]) > 0  # fancyimpute: only in [bench]

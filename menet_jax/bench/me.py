@@ -25,7 +25,14 @@ import numpy as np
 
 from menet_jax import cli
 from menet_jax.bench import common
-from menet_jax.bench.baselines import BASELINES, float64_softimpute, missing, time_baseline
+from menet_jax.bench.baselines import (
+    BASELINES,
+    cvxpy_tv,
+    float64_softimpute,
+    missing,
+    time_baseline,
+    tv_objective64,
+)
 from menet_jax.figures import photos
 from menet_jax.me import masks, solvers, tvm
 from menet_jax.me.reconstruct import images_to_matrices, matrices_to_images
@@ -113,9 +120,36 @@ def _time_jax(jitted, a, m, batch: int) -> tuple[float, np.ndarray]:
     return a.shape[0] / seconds, np.concatenate([np.asarray(o) for o in outs])
 
 
+# cvxpy solves one 32x32 channel of the TV objective in about 0.1 s: at most this many images.
+TVM_REFERENCE_IMAGES = 32
+
+
+def _report_tvm_accuracy(a, m, n: int) -> None:
+    """TV minimisation at its defaults against cvxpy's minimiser on the first n photo tiles, per
+    channel: the objective's relative excess and the RMS distance (docs/method.md §2.7)."""
+    shape = (n, a.shape[1], a.shape[2] // 3, 3)
+    out = to_images(np.asarray(JAX_SOLVERS["tvm"](a[:n], m[:n])), shape).astype(np.float64)
+    x = np.asarray(matrices_to_images((a[:n] + 1.0) / 2.0, shape, "concat"), np.float64)
+    obs = np.asarray(matrices_to_images(m[:n], shape, "concat"), np.float64)
+    gaps, rms = [], []
+    for i, c in np.ndindex(n, 3):
+        xc, mc, uc = x[i, ..., c], obs[i, ..., c], out[i, ..., c]
+        ref = cvxpy_tv(xc, mc, tvm.TVM_WEIGHT)
+        f_ref = tv_objective64(ref, xc, mc, tvm.TVM_WEIGHT)
+        gaps.append((tv_objective64(uc, xc, mc, tvm.TVM_WEIGHT) - f_ref) / f_ref)
+        rms.append(np.sqrt(np.mean((uc - ref) ** 2)))
+    for name, v in (("objective_rel_gap", gaps), ("rms", rms)):
+        for stat in ("median", "max"):
+            value = getattr(np, stat)(v)
+            common.report(f"jax_tvm_{name}_vs_cvxpy_first{n}_{stat}", f"{value:.1e}")
+
+
 def _report_accuracy(names, a, m, n: int) -> None:
     """Mean iterations of the iterative solvers and, for Soft-Impute's exact mode, the relative
-    error against `float64_softimpute` on the first n matrices."""
+    error against `float64_softimpute` on the first n matrices; TV minimisation's distance from
+    cvxpy's minimiser on the first TVM_REFERENCE_IMAGES of them."""
+    if "tvm" in names and missing("nucnorm") is None:  # cvxpy importable
+        _report_tvm_accuracy(a, m, min(n, TVM_REFERENCE_IMAGES))
     a, m = a[:n], m[:n]
     ref = None
     for s in names:
