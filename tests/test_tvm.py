@@ -98,8 +98,8 @@ def test_matches_cvxpy_minimiser_on_random_images(seed, p):
 
 def test_default_iterations_near_cvxpy_on_a_photo_tile():
     """At the default 300 iterations a 32x32 photo tile at Guo's p = 0.5 is within 1e-2 of the
-    minimal objective and 2e-3 RMS of cvxpy's minimiser (measured over 24 channels: median
-    2e-4 / 1.8e-4, maximum 5.5e-3 / 1.1e-3; docs/method.md §2.7)."""
+    minimal objective and 5e-3 RMS of cvxpy's minimiser: the largest distances `bench me` saw
+    over 96 channels (9.5e-3 and 4.8e-3; medians 2.8e-4 and 2.3e-4, docs/method.md §2.7)."""
     x = photos.photo_tiles(1, seed=3)[0].astype(np.float64)
     m = np.asarray(sample_mask(jax.random.key(0), x.shape, tvm.TVM_KEEP_PROBABILITY), np.float64)
     out = np.asarray(tvm.tv_minimize(x, m), np.float64)
@@ -107,7 +107,7 @@ def test_default_iterations_near_cvxpy_on_a_photo_tile():
         ref = cvxpy_tv(x[..., c], m[..., c])
         f_ref = objective64(ref, x[..., c], m[..., c])
         assert objective64(out[..., c], x[..., c], m[..., c]) <= (1 + 1e-2) * f_ref
-        assert np.sqrt(np.mean((out[..., c] - ref) ** 2)) <= 2e-3
+        assert np.sqrt(np.mean((out[..., c] - ref) ** 2)) <= 5e-3
 
 
 # --- (2) known properties ----------------------------------------------------------------------
