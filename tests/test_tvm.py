@@ -6,6 +6,7 @@ method) for the minimiser, and a float64 numpy run of the same Chambolle-Pock it
 finite-difference gradient check.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,6 +150,28 @@ def test_batched_vmapped_and_single_images_agree():
     for i in range(x.shape[0]):
         single = tvm.tv_minimize(x[i], m[i], iterations=50)
         np.testing.assert_allclose(single, batched[i], atol=1e-6)
+
+
+def test_grad_jits_once_for_new_images_and_weights_and_vmaps():
+    x, m = _random(11, shape=(3, 8, 8, 3))
+    c = np.random.default_rng(12).normal(size=x.shape)
+
+    def loss(xx, mm, cc, weight):
+        out = tvm.tv_minimize(xx, mm, weight=weight, iterations=50, differentiable=True)
+        return jnp.sum(cc * out)
+
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def grad(xx, mm, cc, weight):
+        return jax.grad(loss)(xx, mm, cc, weight)
+
+    batched = grad(x, m, c, WEIGHT)
+    grad(x[::-1], m, c, 0.1)  # new images, a new weight: no retrace (the weight is traced)
+    per_image = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, 0, 0, None)))(x, m, c, WEIGHT)
+    chex.assert_tree_all_finite(per_image)
+    np.testing.assert_allclose(per_image, batched, atol=1e-5 * float(jnp.max(jnp.abs(batched))))
 
 
 # --- (4) gradients -----------------------------------------------------------------------------
