@@ -234,6 +234,8 @@ def test_both_modes_give_the_same_values_and_bpda_passes_the_gradient():
         ({"weight": float("nan")}, "nan"),
         ({"weight": float("inf")}, "inf"),
         ({"weight": "0.03"}, "'0.03'"),
+        ({"weight": None}, "None"),
+        ({"weight": [0.03]}, "[0.03]"),
         ({"iterations": 0}, "got 0"),
         ({"iterations": 10**6}, "1000000"),
         ({"iterations": 2.5}, "2.5"),
@@ -247,6 +249,11 @@ def test_bad_options_raise_one_sentence(options, named):
     assert named in message and message.count(". ") == 0 and message.endswith(".")
     with pytest.raises(ValueError):
         tvm.tv_minimize(np.zeros((4, 4, 1)), np.ones((4, 4, 1)), **options)
+
+
+def test_a_weight_may_be_any_concrete_scalar():
+    for weight in (1, np.float32(0.03), jnp.float32(0.03), np.array(0.5)):
+        tvm.check_tvm_options(weight=weight)
 
 
 def test_bad_shapes_raise():

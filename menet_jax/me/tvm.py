@@ -32,6 +32,7 @@ TVM_KEEP_PROBABILITY = 0.5  # our p = 1 - PIXEL_DROP_RATE
 # Enough for 32x32 photo tiles at p = 0.5 to come within a median RMS of 2.3e-4 of cvxpy's
 # minimiser, objective a median 2.8e-4 above its minimum (docs/method.md §2.7, BENCHMARKS.md).
 TVM_ITERATIONS = 300
+# A guard against a mistyped count (the default is 300), not a limit of the method.
 MAX_ITERATIONS = 100_000
 # Step sizes: tau * sigma * ||grad||^2 <= 1 with ||grad||^2 < 8 guarantees convergence; tau = 1
 # (rather than the symmetric 1/sqrt(8)) fits the kept pixels faster on [0, 1] images.
@@ -42,14 +43,7 @@ _SIGMA = 1.0 / 8.0
 def check_tvm_options(*, weight: Any = TVM_WEIGHT, iterations: Any = TVM_ITERATIONS) -> None:
     """Raises ValueError, one sentence, unless weight is a finite number > 0 and iterations an
     integer in [1, MAX_ITERATIONS]. A traced weight (inside jit) passes unchecked."""
-    if isinstance(weight, bool) or (
-        not isinstance(weight, jax.core.Tracer)
-        and not (
-            isinstance(weight, int | float | np.integer | np.floating)
-            and np.isfinite(weight)
-            and weight > 0
-        )
-    ):
+    if not _positive_number(weight):
         raise ValueError(f"the TV weight must be a finite number > 0; got {weight!r}.")
     if (
         isinstance(iterations, bool)
@@ -60,6 +54,19 @@ def check_tvm_options(*, weight: Any = TVM_WEIGHT, iterations: Any = TVM_ITERATI
             f"the TV iteration count must be an integer in [1, {MAX_ITERATIONS}]; "
             f"got {iterations!r}."
         )
+
+
+def _positive_number(value: Any) -> bool:
+    """A finite scalar > 0 (a Python, numpy or concrete jax number), or a tracer."""
+    if isinstance(value, jax.core.Tracer):
+        return True
+    if isinstance(value, bool | str | bytes):
+        return False
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return v.ndim == 0 and bool(np.isfinite(v)) and float(v) > 0
 
 
 def _pad(x: jax.Array, axis: int, before: int, after: int) -> jax.Array:
