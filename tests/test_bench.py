@@ -17,13 +17,18 @@ def _values(text):
 
 def test_me_benchmark_prints_name_value_lines(capsys):
     argv = ["--num-images", "6", "--batch", "4", "--baseline-images", "3", "--fancy-images", "2"]
-    argv += ["--cvxpy-images", "0", "--solvers", "usvt,softimpute_acc", "--workers", "2"]
+    argv += ["--cvxpy-images", "0", "--solvers", "usvt,softimpute_acc,tvm", "--workers", "2"]
     assert me.main(argv) == 0
     vals = _values(capsys.readouterr().out)
     assert float(vals["jax_usvt_img_per_s"]) > 0
     assert float(vals["jax_softimpute_acc_psnr"]) > float(vals["psnr_zero_fill"])
     assert float(vals["numpy_usvt_img_per_s"]) > 0
     assert "jax_usvt_speedup_vs_numpy" in vals
+    # TV minimisation rebuilds the same masked photos, with no baseline of the authors' to beat.
+    assert float(vals["jax_tvm_img_per_s"]) > 0 and float(vals["jax_tvm_img_per_s_2procs"]) > 0
+    assert float(vals["jax_tvm_psnr"]) > float(vals["psnr_zero_fill"])
+    assert not any(k.startswith("jax_tvm_speedup") for k in vals)
+    assert float(vals["jax_tvm_objective_rel_gap_vs_cvxpy_first6_max"]) < 5e-2
     # Two processes, each solving half of the same matrices, give the same reconstructions.
     assert float(vals["jax_softimpute_acc_img_per_s_2procs"]) > 0
     assert float(vals["numpy_usvt_img_per_s_2procs"]) > 0  # fancyimpute: only in [bench]

@@ -5,7 +5,8 @@ fancyimpute's `SoftImpute`, and the nuclear norm with cvxpy and SCS. Each baseli
 [m, n] float64 matrix and its 0/1 mask and returns the estimate. fancyimpute, cvxpy and their
 dependencies come with the `[bench]` extra; `missing(kind)` says why a baseline cannot run, and
 the benchmark then skips it. `float64_softimpute` is the accuracy reference for the JAX
-Soft-Impute (not a baseline: it is timed nowhere).
+Soft-Impute, `cvxpy_tv` (with `tv_objective64`) that for the TV minimisation (neither is a
+baseline: they are timed nowhere).
 """
 
 import inspect
@@ -64,6 +65,29 @@ def float64_softimpute(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if converged:
             break
     return x
+
+
+def tv_objective64(u: np.ndarray, x: np.ndarray, mask: np.ndarray, weight: float) -> float:
+    """0.5 * sum_kept (u - x)^2 + weight * isotropic TV of one [H, W] channel (the objective of
+    docs/method.md §2.7)."""
+    gx, gy = np.zeros_like(u), np.zeros_like(u)
+    gx[:, :-1] = u[:, 1:] - u[:, :-1]
+    gy[:-1, :] = u[1:, :] - u[:-1, :]
+    return 0.5 * np.sum(mask * (u - x) ** 2) + weight * np.sum(np.sqrt(gx**2 + gy**2))
+
+
+def cvxpy_tv(x: np.ndarray, mask: np.ndarray, weight: float) -> np.ndarray:
+    """The minimiser of `tv_objective64` for one [H, W] channel, by cvxpy's interior point."""
+    import cvxpy as cp
+
+    u = cp.Variable(x.shape)
+    gx, gy = u[:, 1:] - u[:, :-1], u[1:, :] - u[:-1, :]
+    inner = cp.vstack([cp.vec(gx[:-1, :], order="C"), cp.vec(gy[:, :-1], order="C")])
+    tv = cp.sum(cp.norm(inner, 2, axis=0)) + cp.sum(cp.abs(gx[-1, :])) + cp.sum(cp.abs(gy[:, -1]))
+    cp.Problem(cp.Minimize(0.5 * cp.sum_squares(cp.multiply(mask, u - x)) + weight * tv)).solve(
+        solver=cp.CLARABEL
+    )
+    return np.asarray(u.value)
 
 
 # kind -> (library, one-matrix solver); a kind is also the JAX solver family it is compared with.

@@ -2,9 +2,10 @@
 
 Prints `name: value` lines: images/s of each JAX solver on CIFAR-shaped 32x96 matrices ([R|G|B]
 of 32x32 crops of real skimage.data photos, in [-1, 1]) at p = 0.5 on the current backend, each
-solver's reconstruction PSNR, and, when importable, the authors' one-image-at-a-time approach on
-the same matrices (numpy USVT with np.linalg.svd as coded, fancyimpute.SoftImpute, cvxpy + SCS
-nuclear norm) with the speed ratios.
+solver's reconstruction PSNR (`tvm`, Guo et al.'s TV minimisation, docs/method.md §2.7, solves
+the same masked images as 32x32x3 images at its default weight and iterations), and, when
+importable, the authors' one-image-at-a-time approach on the same matrices (numpy USVT with
+np.linalg.svd as coded, fancyimpute.SoftImpute, cvxpy + SCS nuclear norm) with the speed ratios.
 
 On a CPU backend it also measures the whole machine: one JAX process per core (`--workers`),
 each solving its share of the matrices, and the same for the authors' code, since a single
@@ -24,10 +25,37 @@ import numpy as np
 
 from menet_jax import cli
 from menet_jax.bench import common
-from menet_jax.bench.baselines import BASELINES, float64_softimpute, missing, time_baseline
+from menet_jax.bench.baselines import (
+    BASELINES,
+    cvxpy_tv,
+    float64_softimpute,
+    missing,
+    time_baseline,
+    tv_objective64,
+)
 from menet_jax.figures import photos
-from menet_jax.me import masks, solvers
+from menet_jax.me import masks, solvers, tvm
 from menet_jax.me.reconstruct import images_to_matrices, matrices_to_images
+
+
+def _tvm(a: jax.Array, m: jax.Array, lanes: int | None = None) -> jax.Array:
+    """TV minimisation of [R|G|B] matrices [B, H, C*W] in [-1, 1], C = 3, as images.
+
+    With `lanes` dividing the batch, `lanes` images at a time (`lax.map`), so that on a CPU the
+    working set stays in cache as the iterative ME solvers' lanes do. The results agree to
+    float32 rounding, which 300 iterations grow to at most about 1e-3 on photo tiles.
+    """
+    shape = a.shape[:-1] + (a.shape[-1] // 3, 3)
+    images = matrices_to_images((a + 1.0) / 2.0, shape, "concat")
+    mask = matrices_to_images(m, shape, "concat")
+    if lanes and a.shape[0] % lanes == 0 and a.shape[0] > lanes:
+        chunks = (a.shape[0] // lanes, lanes) + shape[1:]
+        solve = lambda xm: tvm.tv_minimize(*xm)  # noqa: E731
+        out = jax.lax.map(solve, (images.reshape(chunks), mask.reshape(chunks))).reshape(shape)
+    else:
+        out = tvm.tv_minimize(images, mask)
+    return 2.0 * images_to_matrices(out, "concat") - 1.0
+
 
 # Every solver is called as fn(a, mask, lanes=..., **options); the iterative ones also take
 # return_iterations=True.
@@ -38,15 +66,17 @@ JAX_SOLVERS = {
     "nucnorm": lambda a, m, **kw: solvers.nucnorm(a, m, **kw),
     # The same iterations with a LAPACK eigendecomposition per step (the pre-tracking path).
     "softimpute_eigh": lambda a, m, **kw: solvers.softimpute(a, m, svt="eigh", **kw),
+    "tvm": lambda a, m, lanes=None: _tvm(a, m, lanes),
 }
 ITERATIVE = ("softimpute", "softimpute_acc", "nucnorm", "softimpute_eigh")
-# Which authors' baseline each JAX solver is compared with.
+# Which authors' baseline each JAX solver is compared with (None: no baseline).
 BASELINE_OF = {
     "usvt": "usvt",
     "softimpute": "softimpute",
     "softimpute_acc": "softimpute",
     "nucnorm": "nucnorm",
     "softimpute_eigh": "softimpute",
+    "tvm": None,
 }
 
 
@@ -90,9 +120,36 @@ def _time_jax(jitted, a, m, batch: int) -> tuple[float, np.ndarray]:
     return a.shape[0] / seconds, np.concatenate([np.asarray(o) for o in outs])
 
 
+# cvxpy solves one 32x32 channel of the TV objective in about 0.1 s: at most this many images.
+TVM_REFERENCE_IMAGES = 32
+
+
+def _report_tvm_accuracy(a, m, n: int) -> None:
+    """TV minimisation at its defaults against cvxpy's minimiser on the first n photo tiles, per
+    channel: the objective's relative excess and the RMS distance (docs/method.md §2.7)."""
+    shape = (n, a.shape[1], a.shape[2] // 3, 3)
+    out = to_images(np.asarray(JAX_SOLVERS["tvm"](a[:n], m[:n])), shape).astype(np.float64)
+    x = np.asarray(matrices_to_images((a[:n] + 1.0) / 2.0, shape, "concat"), np.float64)
+    obs = np.asarray(matrices_to_images(m[:n], shape, "concat"), np.float64)
+    gaps, rms = [], []
+    for i, c in np.ndindex(n, 3):
+        xc, mc, uc = x[i, ..., c], obs[i, ..., c], out[i, ..., c]
+        ref = cvxpy_tv(xc, mc, tvm.TVM_WEIGHT)
+        f_ref = tv_objective64(ref, xc, mc, tvm.TVM_WEIGHT)
+        gaps.append((tv_objective64(uc, xc, mc, tvm.TVM_WEIGHT) - f_ref) / f_ref)
+        rms.append(np.sqrt(np.mean((uc - ref) ** 2)))
+    for name, v in (("objective_rel_gap", gaps), ("rms", rms)):
+        for stat in ("median", "max"):
+            value = getattr(np, stat)(v)
+            common.report(f"jax_tvm_{name}_vs_cvxpy_first{n}_{stat}", f"{value:.1e}")
+
+
 def _report_accuracy(names, a, m, n: int) -> None:
     """Mean iterations of the iterative solvers and, for Soft-Impute's exact mode, the relative
-    error against `float64_softimpute` on the first n matrices."""
+    error against `float64_softimpute` on the first n matrices; TV minimisation's distance from
+    cvxpy's minimiser on the first TVM_REFERENCE_IMAGES of them."""
+    if "tvm" in names and missing("nucnorm") is None:  # cvxpy importable
+        _report_tvm_accuracy(a, m, min(n, TVM_REFERENCE_IMAGES))
     a, m = a[:n], m[:n]
     ref = None
     for s in names:
@@ -220,6 +277,8 @@ def _whole_machine(workers, names, args, lanes, batch, images, base_results) -> 
         common.report(f"jax_{s}_img_per_s_{tag}", f"{rate:.1f}")
         common.report(f"jax_{s}_psnr_{tag}", f"{psnr(to_images(out, images.shape), images):.2f}")
         kind = BASELINE_OF[s]
+        if kind is None:
+            continue
         lib = BASELINES[kind][0]
         if kind in base_results:
             # The comparison this benchmark is for: the machine's cores against the authors' loop
@@ -300,7 +359,7 @@ def _run_baselines(args, names, a, m, images) -> dict:
         "nucnorm": args.cvxpy_images,
     }
     results = {}
-    for kind in sorted({BASELINE_OF[s] for s in names}):
+    for kind in sorted({BASELINE_OF[s] for s in names} - {None}):
         lib, fn = BASELINES[kind]
         n = min(n_base[kind], args.num_images)
         why = missing(kind) if n >= 1 else None

@@ -4,11 +4,13 @@ mask = sample_mask(key, images.shape, p)          # 1 = observed
 rec = reconstruct(images, mask, method="usvt")    # [B, H, W, C] in [0, 1]
 rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True)
 rec = reconstruct(images, mask, method="softimpute", differentiable=True)  # exact jax.grad
+rec = tv_minimize(images, mask)                    # Guo et al.'s TV minimisation
 
 Modules: `masks` (masks and p schedules), `solvers` (USVT, Soft-Impute, nuclear norm), `linalg`
 (the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the preprocessing),
 `gradients` (the exact gradients in the image for a fixed mask behind `differentiable=True`,
-docs/method.md §5.6). Their speed is measured by `python -m menet_jax.bench me` and `... grad`.
+docs/method.md §5.6), `tvm` (Guo et al.'s total variation minimisation, docs/method.md §2.7).
+Their speed is measured by `python -m menet_jax.bench me` and `... grad`.
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask
@@ -27,10 +29,12 @@ from menet_jax.me.solvers import (
     softimpute,
     usvt,
 )
+from menet_jax.me.tvm import check_tvm_options, tv_minimize
 
 __all__ = [
     "CHANNEL_MODES",
     "METHODS",
+    "check_tvm_options",
     "images_to_matrices",
     "mask_and_reconstruct",
     "matrices_to_images",
@@ -42,5 +46,6 @@ __all__ = [
     "reconstruct",
     "sample_mask",
     "softimpute",
+    "tv_minimize",
     "usvt",
 ]
