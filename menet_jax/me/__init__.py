@@ -6,14 +6,14 @@ rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True
 rec = reconstruct(images, mask, method="softimpute", differentiable=True)  # exact jax.grad
 
 Modules: `masks` (masks and p schedules), `solvers` (USVT, Soft-Impute, nuclear norm), `linalg`
-(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the preprocessing),
-`gradients` (the exact gradients in the image for a fixed mask behind `differentiable=True`,
-docs/method.md §5.6). Their speed is measured by `python -m menet_jax.bench me` and `... grad`.
+(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the reconstruction
+by a method of the registry in `menet_jax.preprocess`), `gradients` (the exact gradients in the
+image for a fixed mask behind `differentiable=True`, docs/method.md §5.6). Their speed is
+measured by `python -m menet_jax.bench me` and `... grad`.
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask
 from menet_jax.me.reconstruct import (
-    METHODS,
     images_to_matrices,
     mask_and_reconstruct,
     matrices_to_images,
@@ -30,7 +30,6 @@ from menet_jax.me.solvers import (
 
 __all__ = [
     "CHANNEL_MODES",
-    "METHODS",
     "images_to_matrices",
     "mask_and_reconstruct",
     "matrices_to_images",
