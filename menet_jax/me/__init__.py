@@ -6,10 +6,11 @@ rec = mask_and_reconstruct(key, images, p, method="softimpute", accelerated=True
 rec = reconstruct(images, mask, method="softimpute", differentiable=True)  # exact jax.grad
 
 Modules: `masks` (masks and p schedules), `solvers` (USVT, Soft-Impute, nuclear norm), `linalg`
-(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the reconstruction
-by a method of the registry in `menet_jax.preprocess`), `gradients` (the exact gradients in the
-image for a fixed mask behind `differentiable=True`, docs/method.md §5.6). Their speed is
-measured by `python -m menet_jax.bench me` and `... grad`.
+(the solvers' batched spectral kernels), `methods` (the registry of methods, name -> solver,
+options and gradient; docs/method.md §2.7), `reconstruct` (images <-> matrices, the
+reconstruction by a registered method), `gradients` (the exact gradients in the image for a fixed
+mask behind `differentiable=True`, docs/method.md §5.6). Their speed is measured by
+`python -m menet_jax.bench me` and `... grad`.
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask

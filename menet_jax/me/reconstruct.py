@@ -1,7 +1,7 @@
 """Image <-> matrix layouts and ME-Net's reconstruction of masked images (docs/method.md §2.1).
 
-`reconstruct(images, mask, method=NAME)` runs a method of the registry in `menet_jax.preprocess`
-(`apply_method` runs a `preprocess.Method` itself). `differentiable=True` makes `reconstruct`
+`reconstruct(images, mask, method=NAME)` runs a method of the registry `methods.METHODS`
+(`apply_method` runs a `methods.Method` itself). `differentiable=True` makes `reconstruct`
 and `mask_and_reconstruct` exactly reverse-differentiable in the images for the drawn (fixed)
 mask (`gradients`, docs/method.md §5.6): missing pixels get zero gradient, and so does every
 pixel whose estimate the clip to [-1, 1] saturates (strictly beyond +-1), since the output does
@@ -13,14 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from menet_jax.me import masks
-
-
-def _method(name: Any):
-    # The registry imports this module for its layouts, so it is looked up on use.
-    from menet_jax import preprocess
-
-    return preprocess.get(name)
+from menet_jax.me import masks, methods
 
 
 def images_to_matrices(x: jax.Array, channels: str) -> jax.Array:
@@ -57,7 +50,7 @@ def reconstruct(
     Args:
       images: [B, H, W, C] (or a single [H, W, C]) in [0, 1]; grayscale is C = 1.
       mask: 0/1 observation mask of the same shape (e.g. from `sample_mask`).
-      method: a registered method (`preprocess.names()`); "none" returns the images.
+      method: a registered method (`methods.names()`); "none" returns the images.
       channels: one of CHANNEL_MODES.
       differentiable: an exact reverse-mode gradient in `images` for this fixed mask (the
         solver's `differentiable` option; "none" is the identity either way). Same values.
@@ -70,7 +63,7 @@ def reconstruct(
       ValueError: unknown method or channels, mismatched shapes, bad solver options.
     """
     return apply_method(
-        _method(method),
+        methods.get(method),
         images,
         mask,
         channels=channels,
@@ -88,7 +81,7 @@ def apply_method(
     differentiable: bool = False,
     **solver_options: Any,
 ) -> jax.Array:
-    """`reconstruct` with a `preprocess.Method` in place of its name."""
+    """`reconstruct` with a `methods.Method` in place of its name."""
     masks.check_channels(channels)
     images = jnp.asarray(images, jnp.float32)
     mask = jnp.asarray(mask, jnp.float32)
@@ -165,7 +158,7 @@ def mask_and_reconstruct(
     Returns:
       float32 reconstructed images in [0, 1], same shape as images.
     """
-    _method(method)  # an unknown method fails before the mask is drawn
+    methods.get(method)  # an unknown method fails before the mask is drawn
     mask = masks.sample_mask(key, jnp.shape(images), p, channels=channels)
     return reconstruct(
         images,
