@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -149,6 +150,22 @@ def test_sprime_training_and_adversarial_training_use_the_registered_method(tmp_
         run = tiny_config(num_train_steps=2, **{"me.method": "blur", "adv.steps": 1, **extra})
         summary = train.train_and_evaluate(run, str(tmp_path / name))
         assert summary["steps"] == 2 and 0.0 <= summary["clean_accuracy"] <= 1.0, name
+
+
+def test_the_fixed_mask_row_is_skipped_for_a_method_without_an_exact_gradient():
+    """The evaluation's fixed-mask sanity row attacks with exact gradients: for a method that
+    has none it is skipped with the reason, not run and failed."""
+    from menet_jax.evaluation import rows, settings
+
+    ev = settings.eval_config()
+    for exact in (True, False):
+        target = types.SimpleNamespace(
+            uses_me=True, has_exact_gradient=exact, gradient="bpda", whitebox=None, network=None
+        )
+        plan = rows.Plan(ev, target, None, 8)
+        rows._sanity(plan, ev.sanity)
+        assert plan.has("no_me_pgd") and plan.has("fixed_mask_pgd") == exact
+        assert ("fixed_mask_pgd" in plan.skipped) == (not exact)
 
 
 def _run_main_with_bpda_only_method(*args):
