@@ -2,10 +2,13 @@ r"""CIFAR-10, ResNet-18 (supplement Table 8). Default: pure ME-Net of Table 9's 
 
   python -m menet_jax.main --config=configs/cifar10.py --workdir=/tmp/menet_cifar10
   python -m menet_jax.main --config=configs/cifar10.py:adv --workdir=/tmp/menet_cifar10_adv
+  python -m menet_jax.main --config=configs/cifar10.py:madry --workdir=/tmp/menet_cifar10_madry
   python -m menet_jax.main --config=configs/cifar10.py:wrn --workdir=/tmp/menet_cifar10_wrn
 
 Variants: `adv` is Table 13's ResNet-18 row p 0.4->0.6, adversarially trained (PGD-7, eps 8/255,
 step 2/255) with nuclear-norm ME, learning rate decayed at 50/100/150 as the authors' code does;
+`madry` is Madry et al.'s adversarial training alone, the same PGD-7 and decay without ME
+(`configs/cifar10.py:cpu,madry` at the CPU's scale);
 `wrn` swaps in WRN-28-10; `one_mask` trains on one mask per image, the default of the authors'
 train_adv.py (`--mask-num 1`; `configs/cifar10.py:adv,one_mask`).
 
@@ -44,6 +47,14 @@ def _adv(c):
     c.lr_boundaries_epochs = (50, 100, 150)
     c.adv.enabled = True
     c.adv.eps, c.adv.step_size, c.adv.steps = 8 / 255, 2 / 255, 7
+
+
+def _madry(c):
+    # Adversarial training alone (Madry et al.), the baseline of the "Prep. + Adv. train" rows:
+    # the `adv` variant's attack and learning-rate decay, no ME (one copy per image: an epoch is
+    # one pass over the training set, as for the vanilla model).
+    _adv(c)
+    c.me.method = "none"
 
 
 def _wrn(c):
@@ -132,6 +143,7 @@ VARIANTS = {
     "cpu": _cpu,
     "gpu_check": _gpu_check,
     "adv": _adv,
+    "madry": _madry,
     "wrn": _wrn,
     "one_mask": _one_mask,
     "authors_p05": _authors(0.5, adversarial=False),

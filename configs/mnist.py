@@ -2,8 +2,11 @@ r"""MNIST, Madry's CNN (supplement Table 8). Default: pure ME-Net of Table 14's 
 
   python -m menet_jax.main --config=configs/mnist.py --workdir=/tmp/menet_mnist
   python -m menet_jax.main --config=configs/mnist.py:adv --workdir=/tmp/menet_mnist_adv
+  python -m menet_jax.main --config=configs/mnist.py:madry --workdir=/tmp/menet_mnist_madry
 
 Variant `adv`: Table 16's p 0.4->0.6 "Prep. + Adv. train" row (PGD-40, eps 0.3, step 0.01).
+Variant `madry`: Madry et al.'s adversarial training alone (the same PGD-40, eps 0.3, step 0.01,
+random start), without ME.
 """
 
 import os
@@ -23,6 +26,14 @@ def _adv(c):
     c.adv.eps, c.adv.step_size, c.adv.steps = 0.3, 0.01, 40
 
 
+def _madry(c):
+    # Adversarial training alone (Madry et al.), the baseline of the "Prep. + Adv. train" rows:
+    # the `adv` variant's attack and learning-rate decay, no ME (one copy per image: an epoch is
+    # one pass over the training set, as for the vanilla model).
+    _adv(c)
+    c.me.method = "none"
+
+
 def get_config(arg=None):
     c = get_base_config()
     c.dataset = "mnist"
@@ -36,5 +47,5 @@ def get_config(arg=None):
     c.adv.eps, c.adv.step_size, c.adv.steps = 0.3, 0.01, 40
     c.eval.eps, c.eval.step_size = 0.3, 0.01
     c.eval.pgd.steps = (40, 100)
-    apply_variant(c, arg, {"adv": _adv})
+    apply_variant(c, arg, {"adv": _adv, "madry": _madry})
     return c

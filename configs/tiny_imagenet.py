@@ -11,6 +11,7 @@ pass the directory holding it.
 S' for Tiny-ImageNet is 1M reconstructions (12 GB as uint8): the default is `me.mode=online`,
 which trains on exactly the same S' without storing it.
 Variant `adv`: Table 22's p 0.4->0.6 adversarially trained row (PGD-7, eps 8/255).
+Variant `madry`: Madry et al.'s adversarial training alone (the same PGD-7), without ME.
 """
 
 import os
@@ -29,6 +30,14 @@ def _adv(c):
     c.adv.enabled = True
 
 
+def _madry(c):
+    # Adversarial training alone (Madry et al.), the baseline of the "Prep. + Adv. train" rows:
+    # the `adv` variant's attack and learning-rate decay, no ME (one copy per image: an epoch is
+    # one pass over the training set, as for the vanilla model).
+    _adv(c)
+    c.me.method = "none"
+
+
 def get_config(arg=None):
     c = get_base_config()
     c.dataset = "tiny_imagenet"
@@ -41,5 +50,5 @@ def get_config(arg=None):
     c.me.mode = "online"
     c.me.p_start, c.me.p_end = 0.8, 1.0
     c.eval_batch_size = 200
-    apply_variant(c, arg, {"adv": _adv})
+    apply_variant(c, arg, {"adv": _adv, "madry": _madry})
     return c

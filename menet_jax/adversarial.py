@@ -1,9 +1,10 @@
 """The adversarial examples of adversarial training (docs/method.md §3.5).
 
 With `adv.enabled`, each train step trains on PGD examples made through ME with BPDA, and then
-reconstructed once more with fresh masks (`final_masks`) and put on the S' grid. This module owns
-both halves; `menet_jax.train` calls the function `make_adversarial_examples` returns inside its
-jitted step. The attack itself is `menet_jax.attacks.pgd` on the defended classifier's logits.
+reconstructed once more with fresh masks (`final_masks`) and put on the S' grid, both by the
+configured preprocessing (`menet_jax.preprocess`). This module owns both halves;
+`menet_jax.train` calls the function `make_adversarial_examples` returns inside its jitted step.
+The attack itself is `menet_jax.attacks.pgd` on the defended classifier's logits.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from menet_jax import attacks, defense, me, rng, sprime
-from menet_jax import mesh as mesh_lib
+from menet_jax import attacks, defense, preprocess, rng
 
 
 def final_masks(me_config, seed: int, step, image_idx, copy_idx, shape) -> jax.Array:
@@ -27,13 +27,8 @@ def final_masks(me_config, seed: int, step, image_idx, copy_idx, shape) -> jax.A
     new mask on every forward pass; not the (i, k) mask of S', which would repeat every epoch.
     """
     root = rng.named(rng.step_key(seed, rng.ADVERSARIAL, step), "final_mask")
-    keys = jax.vmap(lambda i, k: jax.random.fold_in(jax.random.fold_in(root, i), k))(
-        image_idx, copy_idx
-    )
-    ps = jnp.asarray(defense.training_ps(me_config))[copy_idx]
-    return jax.vmap(lambda k, p: me.sample_mask(k, tuple(shape), p, channels=me_config.channels))(
-        keys, ps
-    )
+    keys = rng.per_example(root, image_idx, copy_idx)
+    return preprocess.from_config(me_config).example_masks(keys, copy_idx, shape)
 
 
 def make_adversarial_examples(
@@ -48,15 +43,9 @@ def make_adversarial_examples(
       `copy_idx`; the model is left in train mode.
     """
     me_config, seed, adv = config.me, config.seed, config.adv
-    ps_all = jnp.asarray(defense.training_ps(me_config))
-
-    def solve(x, masks):
-        return me.reconstruct(
-            x, masks, method=me_config.method, channels=me_config.channels,
-            **defense.solver_options(me_config),
-        )  # fmt: skip
-
-    final_reconstruct = mesh_lib.per_device(solve, mesh, 2)  # ME per device, as S' online
+    pre = preprocess.from_config(me_config)
+    ps_all = jnp.asarray(pre.training_ps())
+    final_reconstruct = pre.on_devices(mesh)  # ME per device, as S' online
 
     def attack(model, x, y, p, key):
         # PGD through ME with BPDA, fresh masks every step at each example's p, BatchNorm on
@@ -80,11 +69,11 @@ def make_adversarial_examples(
     def adversarial_examples(model, x, batch, step):
         p = ps_all[batch["copy_idx"]]
         x = attack(model, x, batch["label"], p, rng.step_key(seed, rng.ADVERSARIAL, step))
-        if me_config.method == "none":
+        if pre.identity:
             return x
         masks = final_masks(
             me_config, seed, step, batch["image_idx"], batch["copy_idx"], x.shape[1:]
         )
-        return sprime.quantize(final_reconstruct(x, masks))  # to the S' grid, as the online path
+        return preprocess.quantize(final_reconstruct(x, masks))  # the S' grid, as online S'
 
     return adversarial_examples

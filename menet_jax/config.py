@@ -230,9 +230,8 @@ TRAIN: dict[str, Key] = {
 ME: dict[str, Key] = {
     "method": Key(
         "usvt",
-        "none, usvt, softimpute or nucnorm",
-        _one_of("none", "usvt", "softimpute", "nucnorm"),
-        "the ME solver; none is the vanilla baseline",
+        *_registered("preprocess", "METHODS"),
+        "the preprocessing (menet_jax.preprocess.METHODS); none is the vanilla baseline",
     ),
     "channels": Key(
         "concat",
@@ -383,6 +382,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.dataset == "image_folder" and config.data_dir is None:
         _dataset_info(config)  # raises: the folder is needed
     _check_normalisation(config)
+    importlib.import_module("menet_jax.preprocess").check_config(config)  # the method's modes
 
 
 def _dataset_info(config: ml_collections.ConfigDict):

@@ -1,9 +1,9 @@
 """The defended classifier: ME-Net inference (fresh mask + matrix estimation) then the network.
 
-Owns how an `me` config section becomes an image transform: the solver options each method
-takes, the inference p (Algorithm 1: the mean of the training p's), BPDA (straight-through
-gradients for white-box attacks) and majority vote over several masks (supplement J); see
-docs/method.md §3.3 and §5.
+Every way the project classifies an image comes from `DefendedClassifier`: ME-Net inference,
+the bare network, a fixed mask and majority vote over several masks (supplement J); see
+docs/method.md §3.3 and §5. What ME does to the image (the method, its options, the p's, BPDA and
+exact gradients, per-device execution) is `menet_jax.preprocess`, built from `config.me`.
 """
 
 from __future__ import annotations
@@ -17,97 +17,33 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from menet_jax import me
-from menet_jax import mesh as mesh_lib
+from menet_jax import preprocess
 
-# The `me` keys that shape the reconstruction at inference and nothing else: a trained network
-# can be evaluated with other values (`evaluation.evaluate`'s overrides). The mask schedule
-# (p_start, p_end, num_masks, include_end) made S' and gives the default inference p and the
-# vote's p's, so it stays the trained run's; me.inference_p and me.votes are the evaluation's own.
-INFERENCE_KEYS = (
-    "method", "channels", "rank_fraction", "threshold", "shrinkage", "max_iters", "tol",
-    "accelerated", "mu",
-)  # fmt: skip
+# The p's and options of a config, as `menet_jax.preprocess` defines them.
 
 
 def solver_options(me_config: ml_collections.ConfigDict) -> dict:
-    """The keyword options `me.reconstruct` takes for the configured method."""
-    method = me_config.method
-    if method == "usvt":
-        opts = {"rank_fraction": float(me_config.rank_fraction)}
-        if me_config.threshold != "rank":
-            opts["threshold"] = me_config.threshold
-        return opts
-    if method not in ("softimpute", "nucnorm"):
-        return {}
-    opts = {"max_iters": int(me_config.max_iters), "tol": float(me_config.tol)}
-    if me_config.accelerated is not None:  # None: the solver's own default
-        opts["accelerated"] = bool(me_config.accelerated)
-    if method == "nucnorm":
-        return {"mu": float(me_config.mu), **opts}
-    if me_config.shrinkage is not None:
-        opts["shrinkage"] = float(me_config.shrinkage)
-    return opts
+    """The keyword options the configured method takes (`preprocess.Method.options`)."""
+    return dict(preprocess.from_config(me_config).options)
 
 
 def training_ps(me_config: ml_collections.ConfigDict) -> np.ndarray:
     """The n observation probabilities of Algorithm 1 (one per mask); [1.0] without ME."""
-    if me_config.method == "none":
-        return np.ones((1,), np.float32)
-    return me.p_schedule(
-        me_config.p_start, me_config.p_end, me_config.num_masks, include_end=me_config.include_end
-    )
+    return preprocess.from_config(me_config).training_ps()
 
 
 def default_inference_p(me_config: ml_collections.ConfigDict) -> float:
     """The test-time p: `me.inference_p` if set, else the mean of the training p's."""
-    if me_config.inference_p is not None:
-        return float(me_config.inference_p)
-    return float(np.mean(training_ps(me_config)))
+    return preprocess.from_config(me_config).inference_p()
 
 
-def me_transform(me_config: ml_collections.ConfigDict, *, differentiable: bool = False, mesh=None):
-    """Returns `transform(key, images, p) -> reconstructed images` for the configured ME.
-
-    `differentiable=True` makes the solvers reverse-differentiable in the image for the drawn
-    mask (exact gradients, docs/method.md §5.6); the values are the same.
-
-    With a `mesh` of several devices (axis 'data'), a batch [B,H,W,C] whose B the device count
-    divides is reconstructed per device (`jax.shard_map`): inside one jit over a sharded batch an
-    iterative solver's `while_loop` would stop on a global condition, a cross-device reduction
-    every iteration. The mask is still drawn over the whole batch, before the split, so every
-    image gets the mask it gets on one device; the solvers treat each matrix on its own.
-    """
-    options = solver_options(me_config)
-    if differentiable:
-        options["differentiable"] = True
-    method, channels = me_config.method, me_config.channels
-
-    def solve(images, mask):
-        return me.reconstruct(images, mask, method=method, channels=channels, **options)
-
-    per_device = None if mesh is None or mesh.size == 1 else mesh_lib.per_device(solve, mesh, 2)
-
-    def transform(key: jax.Array, images: jax.Array, p) -> jax.Array:
-        if method == "none":
-            return images
-        shape = jnp.shape(images)
-        if per_device is None or len(shape) != 4 or shape[0] % mesh.size:
-            return me.mask_and_reconstruct(
-                key, images, p, method=method, channels=channels, **options
-            )
-        return per_device(images, me.sample_mask(key, shape, p, channels=channels))
-
-    return transform
-
-
-def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
-    """BPDA: the value of `y`, the gradient of the identity in `x`."""
-    return x + jax.lax.stop_gradient(y - x)
+def vote_ps(me_config: ml_collections.ConfigDict, votes: int) -> jnp.ndarray:
+    """Observation probabilities of the k voting masks: the training schedule with k masks."""
+    return preprocess.from_config(me_config).vote_ps(votes)
 
 
 MODES = ("menet", "network", "fixed_mask", "vote", "vote_soft")
-GRADIENTS = ("bpda", "exact", "none")
+GRADIENTS = ("bpda", "exact", "none")  # preprocess.GRADIENTS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (jit of bound methods)
@@ -122,7 +58,8 @@ class DefendedClassifier:
       inference_p: the observation probability of ME-Net inference.
       step: the training step the state comes from.
       mesh: None, or a device mesh with axis 'data' over which batches are sharded: ME then
-        runs per device (`me_transform`), with the masks and values of one device.
+        runs per device (`preprocess.Preprocessor.transform`), with the masks and values of
+        one device.
 
     Every way the project classifies an image is `apply(state, x, key, mode=...)`, a pure function
     of (network state, images [B,H,W,C] in [0,1], typed key) for one fixed set of options:
@@ -131,7 +68,8 @@ class DefendedClassifier:
                          per image) + ME, then the network (ME-Net inference, Algorithm 1);
                          gradient="bpda" passes gradients straight through ME (docs/method.md
                          §5.1), "exact" differentiates through the solver for the drawn mask
-                         (§5.6), "none" leaves ME as written (USVT only is differentiable).
+                         (§5.6; refused for a method registered without one), "none" leaves
+                         ME as written (USVT only is differentiable).
       mode="network"     the bare network; the key is not used.
       mode="fixed_mask"  ME with the one mask drawn from `mask_key` whatever the key (a sanity
                          attack: with the randomness fixed, ME is an ordinary function).
@@ -201,9 +139,10 @@ class DefendedClassifier:
             k = votes or int(self.config.me.votes)
             return self._vote(state, x, key, k, gradient, bn, soft=mode == "vote_soft")
         p = self.inference_p if p is None else p
-        exact = gradient == "exact"
-        rec = me_transform(self.config.me, differentiable=exact, mesh=self.mesh)(key, x, p)
-        return self._network(state, straight_through(x, rec) if gradient == "bpda" else rec, bn)
+        transform = preprocess.from_config(self.config.me).transform(
+            gradient=gradient, mesh=self.mesh
+        )
+        return self._network(state, transform(key, x, p), bn)
 
     def logits_fn(self, mode: str = "menet", **options) -> jax.tree_util.Partial:
         """`fn(x, key) -> logits` of `apply(self.state, x, key, mode=mode, **options)`.
@@ -249,8 +188,10 @@ class DefendedClassifier:
     def preprocess(self, x: jax.Array, key: jax.Array, *, p=None, bpda: bool = False):
         """One fresh mask at p (default: the inference p) + ME; BPDA makes it straight-through."""
         p = self.inference_p if p is None else p
-        y = me_transform(self.config.me, mesh=self.mesh)(key, x, p)
-        return straight_through(x, y) if bpda else y
+        gradient = "bpda" if bpda else "none"
+        return preprocess.from_config(self.config.me).transform(gradient=gradient, mesh=self.mesh)(
+            key, x, p
+        )
 
     def defended(
         self, x: jax.Array, key: jax.Array, *, bpda: bool = False, votes: int = 0, p=None
@@ -272,12 +213,3 @@ class DefendedClassifier:
         if votes > 0:
             return self.apply(self.state, x, key, mode="vote", votes=votes, gradient=gradient)
         return self.apply(self.state, x, key, mode="menet", gradient=gradient, p=p)
-
-
-def vote_ps(me_config: ml_collections.ConfigDict, votes: int) -> jnp.ndarray:
-    """Observation probabilities of the k voting masks: the training schedule with k masks."""
-    if me_config.method == "none":
-        return jnp.ones((votes,), jnp.float32)
-    return jnp.asarray(
-        me.p_schedule(me_config.p_start, me_config.p_end, votes, include_end=me_config.include_end)
-    )

@@ -38,7 +38,11 @@ def step_key(seed: int, stream_id: int, step) -> jax.Array:
 
 def example_keys(seed: int, image_idx: jax.Array, copy_idx: jax.Array) -> jax.Array:
     """The mask key of each (image i, copy k): fold_in(fold_in(key(seed), i), k), [B]."""
-    root = jax.random.key(seed)
+    return per_example(jax.random.key(seed), image_idx, copy_idx)
+
+
+def per_example(root: jax.Array, image_idx: jax.Array, copy_idx: jax.Array) -> jax.Array:
+    """One key per example (image i, copy k) of a batch: fold_in(fold_in(root, i), k), [B]."""
     return jax.vmap(lambda i, k: jax.random.fold_in(jax.random.fold_in(root, i), k))(
         image_idx, copy_idx
     )

@@ -1,11 +1,12 @@
 """S': the masked-and-reconstructed training set of Algorithm 1 (docs/method.md §3.2).
 
 Example e of an epoch stands for copy k = e % n of training image i = e // n, masked with the key
-`rng.example_keys(seed, i, k)` at p = schedule[k] and reconstructed by the configured ME solver,
-then rounded to the uint8 grid (the authors store S' as uint8). `reconstruct_examples` computes
-entries on the device (the online train step calls it inside jit); `build` computes all n*M of them
-once and caches them in WORKDIR/sprime/ as a memory-mapped .npy, resumable chunk by chunk; on
-SIGTERM (`menet_jax.preemption`, one process) it stops after the current chunk.
+`rng.example_keys(seed, i, k)` at p = schedule[k] and reconstructed by the configured method,
+then rounded to the uint8 grid (the authors store S' as uint8). `preprocess.Preprocessor.examples`
+computes entries on the device (the online train step calls it inside jit, per device); `build`
+computes all n*M of them once and caches them in WORKDIR/sprime/ as a memory-mapped .npy,
+resumable chunk by chunk; on SIGTERM (`menet_jax.preemption`, one process) it stops after the
+current chunk.
 
 The cache file is named by a fingerprint of everything its content depends on (dataset, number of
 training images, seed, the ME settings and the cache format), so a cache made under other settings
@@ -23,17 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from menet_jax import defense, input_pipeline, me, monitor, paths, preemption, recipe, rng
-from menet_jax import mesh as mesh_lib
+from menet_jax import input_pipeline, monitor, paths, preemption, preprocess, recipe
 
 FORMAT = 2  # bump when the meaning of a cached entry changes
 # `me` keys that do not change what S' holds.
 _NOT_IN_FINGERPRINT = ("mode", "votes", "inference_p", "sprime_dir")
 
 
-def quantize(images: jax.Array) -> jax.Array:
-    """Rounds [0,1] images to the uint8 grid S' is stored on."""
-    return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0) / 255.0
+quantize = preprocess.quantize  # the uint8 grid S' is stored on
 
 
 def reconstruct_examples(
@@ -43,7 +41,8 @@ def reconstruct_examples(
     image_idx: jax.Array,
     copy_idx: jax.Array,
 ) -> jax.Array:
-    """S' entries for a batch: each image masked with its (i, k) key at p_k, then ME, quantized.
+    """S' entries for a batch: each image masked with its (i, k) key at p_k, then ME, quantized
+    (`preprocess.Preprocessor.examples`).
 
     Args:
       me_config: the `me` config section.
@@ -52,30 +51,7 @@ def reconstruct_examples(
       image_idx: int [B], the image indices i.
       copy_idx: int [B], the copy indices k in [0, n).
     """
-    ps = jnp.asarray(defense.training_ps(me_config))[copy_idx]
-    keys = rng.example_keys(seed, image_idx, copy_idx)
-    masks = jax.vmap(
-        lambda k, p: me.sample_mask(k, images.shape[1:], p, channels=me_config.channels)
-    )(keys, ps)
-    rec = me.reconstruct(
-        images,
-        masks,
-        method=me_config.method,
-        channels=me_config.channels,
-        **defense.solver_options(me_config),
-    )
-    return quantize(rec)
-
-
-def per_device_reconstruction(me_config: ml_collections.ConfigDict, seed: int, mesh):
-    """`reconstruct_examples` for a batch sharded over `mesh`'s 'data' axis, run per device
-    (`menet_jax.mesh.per_device`: no global loop test); every example's mask comes from its
-    own (i, k) key, so the entries are those of one device."""
-
-    def fn(images, image_idx, copy_idx):
-        return reconstruct_examples(me_config, seed, images, image_idx, copy_idx)
-
-    return mesh_lib.per_device(fn, mesh, 3)
+    return preprocess.from_config(me_config).examples(seed, images, image_idx, copy_idx)
 
 
 def fingerprint(config: ml_collections.ConfigDict, num_train: int) -> str:
@@ -184,10 +160,12 @@ def _build_file(
     else:
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
 
+    pre = preprocess.from_config(config.me)
+
     @jax.jit
     def build_chunk(images_u8, image_idx, copy_idx):
         x = input_pipeline.to_float(images_u8)
-        rec = reconstruct_examples(config.me, config.seed, x, image_idx, copy_idx)
+        rec = pre.examples(config.seed, x, image_idx, copy_idx)
         return jnp.round(rec * 255.0).astype(jnp.uint8)
 
     chunk = int(config.me.build_batch_size)

@@ -39,6 +39,7 @@ from menet_jax import (
     monitor,
     paths,
     preemption,
+    preprocess,
     recipe,
     rng,
     sprime,
@@ -88,7 +89,8 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
     """
     me_config, seed = config.me, config.seed
     info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
-    reconstruct = sprime.per_device_reconstruction(me_config, seed, mesh)  # no global loop test
+    pre = preprocess.from_config(me_config)
+    reconstruct = pre.examples_on_devices(seed, mesh)  # S' entries per device: no global loop test
     if config.adv.enabled:
         adversarial_examples = adversarial.make_adversarial_examples(config, mesh, info.num_classes)
 
@@ -103,7 +105,7 @@ def make_train_step(config, graphdef, mesh, *, online: bool):
                 x = input_pipeline.augment(aug_key, x)
             x = adversarial_examples(model, x, batch, step)
         else:
-            if online and me_config.method != "none":
+            if online and not pre.identity:
                 x = reconstruct(x, batch["image_idx"], batch["copy_idx"])
             if config.augment:
                 x = input_pipeline.augment(aug_key, x)

@@ -228,3 +228,28 @@ def test_tramer_and_one_mask_variants():
     ):
         c = load_config(os.path.join(ROOT, f"configs/{name}.py:adv"))
         assert tuple(c.lr_boundaries_epochs) == decay, name
+
+
+def test_madry_variants_are_adversarial_training_alone():
+    attacks = {
+        "mnist": (0.3, 0.01, 40),
+        "mnist_demo": (0.3, 0.05, 10),  # the demo's CPU-size attack, as its `adv` variant
+        "cifar10": (8 / 255, 2 / 255, 7),
+        "svhn": (8 / 255, 2 / 255, 7),
+        "tiny_imagenet": (8 / 255, 2 / 255, 7),
+    }
+    for name, attack in attacks.items():
+        c = load_config(os.path.join(ROOT, f"configs/{name}.py:madry"))
+        config.validate(c)
+        adv = load_config(os.path.join(ROOT, f"configs/{name}.py:adv"))
+        assert c.me.method == "none" and c.adv.enabled and c.adv.random_start, name
+        assert (c.adv.eps, c.adv.step_size, c.adv.steps) == attack, name
+        assert (c.adv.eps, c.adv.step_size, c.adv.steps) == (
+            adv.adv.eps, adv.adv.step_size, adv.adv.steps,
+        ), name  # fmt: skip
+        assert c.adv.attack_bn == adv.adv.attack_bn and c.model == adv.model, name
+    # Variants compose: the CPU-scale CIFAR-10 run, adversarially trained without ME.
+    c = load_config(os.path.join(ROOT, "configs/cifar10.py:cpu,madry"))
+    config.validate(c)
+    assert (c.model_width, c.num_train_steps) == (16, 1300)
+    assert c.me.method == "none" and c.adv.enabled

@@ -16,10 +16,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from menet_jax import cli, input_pipeline, recipe, train
+from menet_jax import cli, input_pipeline, preprocess, recipe, train
 from menet_jax.bench import common
 from menet_jax.config import ConfigError, load_config
-from menet_jax.me.reconstruct import METHODS
 
 
 def _time_steps(step_fn, train_state, batch, steps: int) -> float:
@@ -150,15 +149,17 @@ def _parse(argv: list[str]):
         .define("string", "config", "configs/mnist_demo.py")
         .define("integer", "steps", 30)
         .define("integer", "batch_size", 0, "0: the config's")
-        .define("string", "method", "", f"ME method of the online step, of {METHODS}")
+        .define("string", "method", "", "ME method of the online step (preprocess.METHODS)")
         .parse(argv)
     )
     if args.steps < 1 or args.batch_size < 0:
         raise cli.UsageError(
             f"--steps={args.steps} must be >= 1 and --batch_size={args.batch_size} >= 0."
         )
-    if args.method and args.method not in METHODS:
-        raise cli.UsageError(f"--method={args.method!r} must be one of {', '.join(METHODS)}.")
+    if args.method and args.method not in preprocess.METHODS:
+        raise cli.UsageError(
+            f"--method={args.method!r} must be one of {', '.join(preprocess.names())}."
+        )
     config = load_config(args.config)
     if args.batch_size:
         config.batch_size = args.batch_size

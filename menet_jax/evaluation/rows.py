@@ -353,6 +353,9 @@ def _sanity(plan: Plan, c) -> None:
     else:
         plan.pgd("no_me_pgd", "sanity", "no ME (bare network)", n, t.network, judge="network",
                  role=Role.NO_ME)  # fmt: skip
+    if not t.has_exact_gradient:
+        plan.skipped["fixed_mask_pgd"] = "the ME method has no exact gradient"
+        return
     plan.pgd("fixed_mask_pgd", "sanity", "one fixed mask (exact gradients)", n,
              lambda x, k: t.fixed(rng.fixed_mask_key(k)), per_batch=True, judge="fixed",
              role=Role.FIXED_MASK)  # fmt: skip

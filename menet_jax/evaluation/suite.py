@@ -58,6 +58,7 @@ from menet_jax import (
     monitor,
     paths,
     preemption,
+    preprocess,
     rng,
 )
 from menet_jax.config import ConfigError
@@ -290,7 +291,7 @@ def config_in_force(
       config: the caller's config (the command line's): `EVALUATION_KEYS` come from it.
       run: the trained run's config (WORKDIR/config.json): every other key comes from it.
       overrides: the keys of `config` set on purpose (the command line's --config.KEY=VALUE).
-        One of ME's inference options (`defense.INFERENCE_KEYS`: me.method, me.channels, the
+        One of ME's inference options (`preprocess.inference_keys()`: me.method, me.channels, the
         solver's options) replaces the run's at inference; `data_dir` says where the dataset
         is read (except for an image folder, whose files define the dataset); any other key
         must equal the run's.
@@ -312,7 +313,7 @@ def config_in_force(
         )
     if config.me.inference_p is None:  # None: the run's inference p
         evaluated.me.inference_p = run.me.inference_p
-    inference = [f"me.{k}" for k in defense.INFERENCE_KEYS]
+    inference = [f"me.{k}" for k in preprocess.inference_keys()]
     changed = {}
     for key in sorted(set(overrides)):
         if any(key == k or key.startswith(k + ".") for k in EVALUATION_KEYS):
@@ -354,6 +355,7 @@ def _load_target(config, workdir: str, overrides: Iterable[str]):
     config, changed = config_in_force(
         config, checkpoint.read_config(workdir), overrides, source=source_path
     )
+    preprocess.check_config(config)  # the run's method in the modes the evaluation asks for
     clf = checkpoint.load(workdir)
     clf = dataclasses.replace(
         clf, config=config, inference_p=defense.default_inference_p(config.me)

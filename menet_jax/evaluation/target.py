@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
-from menet_jax import attacks
+from menet_jax import attacks, preprocess
 from menet_jax.mesh import data_mesh
 
 
@@ -77,7 +77,9 @@ class EvaluatedClassifier:
         state = self.replicate(jax.device_get(clf.state))
         clf = dataclasses.replace(clf, state=state, mesh=mesh)
         self.clf, self.state, self.votes = clf, clf.state, votes
-        self.uses_me = clf.config.me.method != "none"
+        method = preprocess.get(clf.config.me.method)
+        self.uses_me = method.solve is not None
+        self.has_exact_gradient = method.differentiable  # the fixed-mask row needs one
         self.gradient = gradient
         self.whitebox = clf.logits_fn("menet", gradient=gradient)
         self.network = clf.logits_fn("network")

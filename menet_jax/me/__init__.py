@@ -7,15 +7,16 @@ rec = reconstruct(images, mask, method="softimpute", differentiable=True)  # exa
 rec = tv_minimize(images, mask)                    # Guo et al.'s TV minimisation
 
 Modules: `masks` (masks and p schedules), `solvers` (USVT, Soft-Impute, nuclear norm), `linalg`
-(the solvers' batched spectral kernels), `reconstruct` (images <-> matrices, the preprocessing),
-`gradients` (the exact gradients in the image for a fixed mask behind `differentiable=True`,
-docs/method.md §5.6), `tvm` (Guo et al.'s total variation minimisation, docs/method.md §2.7).
-Their speed is measured by `python -m menet_jax.bench me` and `... grad`.
+(the solvers' batched spectral kernels), `methods` (the registry of methods, name -> solver,
+options and gradient; docs/method.md §2.8), `reconstruct` (images <-> matrices, the
+reconstruction by a registered method), `gradients` (the exact gradients in the image for a fixed
+mask behind `differentiable=True`, docs/method.md §5.6), `tvm` (Guo et al.'s total variation
+minimisation, docs/method.md §2.7). Their speed is measured by `python -m menet_jax.bench me` and
+`... grad`.
 """
 
 from menet_jax.me.masks import CHANNEL_MODES, p_schedule, sample_mask
 from menet_jax.me.reconstruct import (
-    METHODS,
     images_to_matrices,
     mask_and_reconstruct,
     matrices_to_images,
@@ -33,7 +34,6 @@ from menet_jax.me.tvm import check_tvm_options, tv_minimize
 
 __all__ = [
     "CHANNEL_MODES",
-    "METHODS",
     "check_tvm_options",
     "images_to_matrices",
     "mask_and_reconstruct",

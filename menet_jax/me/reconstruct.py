@@ -1,9 +1,11 @@
 """Image <-> matrix layouts and ME-Net's reconstruction of masked images (docs/method.md §2.1).
 
-`differentiable=True` makes `reconstruct` and `mask_and_reconstruct` exactly reverse-
-differentiable in the images for the drawn (fixed) mask (`gradients`, docs/method.md §5.6):
-missing pixels get zero gradient, and so does every pixel whose estimate the clip to [-1, 1]
-saturates (strictly beyond +-1), since the output does not move there.
+`reconstruct(images, mask, method=NAME)` runs a method of the registry `methods.METHODS`
+(`apply_method` runs a `methods.Method` itself). `differentiable=True` makes `reconstruct`
+and `mask_and_reconstruct` exactly reverse-differentiable in the images for the drawn (fixed)
+mask (`gradients`, docs/method.md §5.6): missing pixels get zero gradient, and so does every
+pixel whose estimate the clip to [-1, 1] saturates (strictly beyond +-1), since the output does
+not move there.
 """
 
 from typing import Any
@@ -11,16 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from menet_jax.me import masks, solvers
-
-METHODS = ("none", "usvt", "softimpute", "nucnorm")
-
-_SOLVERS = {"usvt": solvers.usvt, "softimpute": solvers.softimpute, "nucnorm": solvers.nucnorm}
-
-
-def check_method(method: Any) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+from menet_jax.me import masks, methods
 
 
 def images_to_matrices(x: jax.Array, channels: str) -> jax.Array:
@@ -57,7 +50,7 @@ def reconstruct(
     Args:
       images: [B, H, W, C] (or a single [H, W, C]) in [0, 1]; grayscale is C = 1.
       mask: 0/1 observation mask of the same shape (e.g. from `sample_mask`).
-      method: one of METHODS; "none" returns the images unchanged.
+      method: a registered method (`methods.names()`); "none" returns the images.
       channels: one of CHANNEL_MODES.
       differentiable: an exact reverse-mode gradient in `images` for this fixed mask (the
         solver's `differentiable` option; "none" is the identity either way). Same values.
@@ -69,7 +62,26 @@ def reconstruct(
     Raises:
       ValueError: unknown method or channels, mismatched shapes, bad solver options.
     """
-    check_method(method)
+    return apply_method(
+        methods.get(method),
+        images,
+        mask,
+        channels=channels,
+        differentiable=differentiable,
+        **solver_options,
+    )
+
+
+def apply_method(
+    method,
+    images: jax.Array,
+    mask: jax.Array,
+    *,
+    channels: str = "concat",
+    differentiable: bool = False,
+    **solver_options: Any,
+) -> jax.Array:
+    """`reconstruct` with a `methods.Method` in place of its name."""
     masks.check_channels(channels)
     images = jnp.asarray(images, jnp.float32)
     mask = jnp.asarray(mask, jnp.float32)
@@ -79,19 +91,28 @@ def reconstruct(
         raise ValueError(
             f"mask must have the same shape as images {images.shape}; got {mask.shape}."
         )
-    if method == "none":
+    if method.solve is None:
         if solver_options:
             raise ValueError(
-                f"method='none' takes no solver options; got {sorted(solver_options)}."
+                f"method={method.name!r} takes no solver options; got {sorted(solver_options)}."
             )
         return images
     if differentiable:
+        if not method.differentiable:
+            raise ValueError(
+                f"method {method.name!r} has no exact gradient (registered with "
+                "differentiable=False); use BPDA"
+            )
         mask = jax.lax.stop_gradient(mask)
-    a = images_to_matrices(2.0 * images - 1.0, channels)
-    m = images_to_matrices(mask, channels)
-    est = _SOLVERS[method](a * m, m, differentiable=differentiable, **solver_options)
+        solver_options = {**solver_options, "differentiable": True}
+    elif method.differentiable:
+        solver_options = {**solver_options, "differentiable": False}
+    a, m = 2.0 * images - 1.0, mask
+    if method.matrices:
+        a, m = images_to_matrices(a, channels), images_to_matrices(mask, channels)
+    est = method.solve(a * m, m, **solver_options)
     out = (_clip(est, differentiable) + 1.0) / 2.0
-    return matrices_to_images(out, images.shape, channels)
+    return matrices_to_images(out, images.shape, channels) if method.matrices else out
 
 
 def _clip(est: jax.Array, differentiable: bool) -> jax.Array:
@@ -129,7 +150,7 @@ def mask_and_reconstruct(
       key: jax.random key.
       images: [B, H, W, C] (or [H, W, C]) in [0, 1].
       p: observation probability, scalar or [B].
-      method: one of METHODS.
+      method: a registered method.
       channels: one of CHANNEL_MODES.
       differentiable: as in `reconstruct`.
       **solver_options: passed to the solver.
@@ -137,7 +158,7 @@ def mask_and_reconstruct(
     Returns:
       float32 reconstructed images in [0, 1], same shape as images.
     """
-    check_method(method)
+    methods.get(method)  # an unknown method fails before the mask is drawn
     mask = masks.sample_mask(key, jnp.shape(images), p, channels=channels)
     return reconstruct(
         images,
