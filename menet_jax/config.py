@@ -310,6 +310,10 @@ ME: dict[str, Key] = {
         bool,
     ),
     "mu": Key(1.0, POSITIVE, positive, "nucnorm weight"),
+    "tv_weight": Key(0.03, POSITIVE, positive, "tvm: the TV weight lambda (Guo et al.'s 0.03)"),
+    "tv_iterations": Key(  # the bound is me/tvm.py's MAX_ITERATIONS
+        300, "an integer in [1, 100000]", lambda v: positive_int(v) and v <= 100_000,
+        "tvm: Chambolle-Pock iterations (docs/method.md §2.7)"),  # fmt: skip
 }
 
 # Madry-style adversarial training through ME with BPDA (docs/method.md §3.5).
@@ -481,6 +485,8 @@ def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
     # Keys added within a schema version, whose default keeps what an older file meant.
     if isinstance(data.get("me"), dict):
         data["me"].setdefault("sprime_dir", None)
+        data["me"].setdefault("tv_weight", 0.03)
+        data["me"].setdefault("tv_iterations", 300)
     data.setdefault("lr_schedule", "step")
     data.setdefault("lr_warmup_fraction", 0.1)
     return ml_collections.ConfigDict(data)

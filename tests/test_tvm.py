@@ -261,3 +261,65 @@ def test_bad_shapes_raise():
         tvm.tv_minimize(np.zeros((4, 4, 1)), np.ones((4, 4, 3)))
     with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
         tvm.tv_minimize(np.zeros((4, 4)), np.ones((4, 4)))
+
+
+# ---------------------------------------------------------------------------------------------
+# tvm as a method of the registry: config.me.method="tvm"
+
+
+def test_the_registered_method_is_tv_minimize_on_the_images():
+    """`reconstruct(method="tvm")` maps the images to [-1, 1] and back around the solver, as it
+    does for the ME solvers; the map is affine, so the minimiser is the same: values equal to
+    float32 rounding (1e-5 covers it), gradients too."""
+    from menet_jax.me import reconstruct
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.random((2, 8, 8, 3)), jnp.float32)
+    mask = sample_mask(jax.random.key(4), x.shape, 0.5)
+    opts = {"weight": 0.05, "iterations": 60}
+    direct = tvm.tv_minimize(x, mask, **opts)
+    via = reconstruct(x, mask, method="tvm", **opts)
+    np.testing.assert_allclose(via, direct, atol=1e-5)
+    w = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    g_direct = jax.grad(
+        lambda v: jnp.sum(w * tvm.tv_minimize(v, mask, **opts, differentiable=True))
+    )(x)
+    g_via = jax.grad(
+        lambda v: jnp.sum(w * reconstruct(v, mask, method="tvm", differentiable=True, **opts))
+    )(x)
+    np.testing.assert_allclose(g_via, g_direct, atol=1e-5)
+
+
+def test_config_tv_keys_are_checked_in_one_sentence():
+    from menet_jax import config, preprocess
+    from menet_jax.config import ConfigError
+    from tests.test_train import tiny_config
+
+    c = tiny_config(**{"me.method": "tvm"})
+    config.validate(c)
+    assert preprocess.from_config(c.me).method.name == "tvm"
+    config.validate(tiny_config(**{"me.method": "tvm", "me.tv_iterations": tvm.MAX_ITERATIONS}))
+    bad = [("me.tv_weight", 0.0), ("me.tv_weight", -1.0), ("me.tv_weight", float("inf")),
+           ("me.tv_iterations", 0), ("me.tv_iterations", tvm.MAX_ITERATIONS + 1)]  # fmt: skip
+    for key, value in bad:
+        with pytest.raises(ConfigError, match=f"config.{key}") as e:
+            config.validate(tiny_config(**{"me.method": "tvm", key: value}))
+        assert "\n" not in str(e.value)
+
+
+def test_a_tvm_model_trains_and_is_evaluated(tmp_path):
+    """The demo's path with config.me.method=tvm: S' offline, a few steps, then the evaluation's
+    BPDA and BPDA+EOT rows and the headline."""
+    from menet_jax import evaluation, train
+    from tests.test_evaluate import shrink_eval
+    from tests.test_train import tiny_config
+
+    c = tiny_config(num_train_steps=2, **{"me.method": "tvm", "me.tv_iterations": 20,
+                                          "me.p_start": 0.5, "me.p_end": 0.5})  # fmt: skip
+    c = shrink_eval(c, 4)
+    c.eval.attacks = "pgd,eot"
+    workdir = str(tmp_path / "tvm")
+    summary = train.train_and_evaluate(c, workdir)
+    assert summary["steps"] == 2 and 0.0 <= summary["clean_accuracy"] <= 1.0
+    report = evaluation.evaluate(c, workdir)
+    assert report["headline"]["n"] == 4 and 0.0 <= report["headline"]["accuracy"] <= 1.0

@@ -4,7 +4,8 @@ Each entry says how to run the method on a masked batch (`solve`, on matrices or
 keyword options it takes from the `me` config, and whether it has an exact reverse-mode gradient.
 `me.reconstruct(images, mask, method=NAME)` runs an entry; `menet_jax.preprocess` (which
 re-exports `register` and the rest) builds a config's preprocessing from one; `config.me.method`
-may name any entry. The four built-in methods are registered at the end (docs/method.md §2.3-2.5).
+may name any entry. The built-in methods are registered at the end: the three ME solvers
+(docs/method.md §2.3-2.5) and Guo et al.'s TV minimisation (`tvm`, §2.7).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import jax
 
-from menet_jax.me import solvers
+from menet_jax.me import solvers, tvm
 
 
 def _no_options(me_config) -> dict:
@@ -144,5 +145,30 @@ register(
         _nucnorm_options,
         differentiable=True,
         config_keys=("mu", *_ITERATIVE_KEYS),
+    )
+)
+
+
+def _tvm_solve(a, mask, *, weight, iterations, differentiable=False):
+    """`tvm.tv_minimize` on images mapped to [-1, 1]: the affine map scales the data term by 4
+    and TV by 2, so its minimiser is the [0, 1] minimiser mapped likewise."""
+    u = tvm.tv_minimize(
+        (a + 1.0) / 2.0, mask, weight=weight, iterations=iterations, differentiable=differentiable
+    )
+    return 2.0 * u - 1.0
+
+
+def _tvm_options(me_config) -> dict:
+    return {"weight": float(me_config.tv_weight), "iterations": int(me_config.tv_iterations)}
+
+
+register(
+    Method(
+        "tvm",
+        _tvm_solve,
+        _tvm_options,
+        differentiable=True,
+        matrices=False,
+        config_keys=("tv_weight", "tv_iterations"),
     )
 )

@@ -194,9 +194,13 @@ def model_key(config) -> dict:
         d["adv"] = {"enabled": False}
     # Keys added since schema 3 (schema 4's, and the learning-rate schedule's), dropped at
     # their defaults so that models cached before keep their hashes.
-    for key, default in _ADDED_DEFAULTS.items():
-        if key in d and d[key] == default:
-            del d[key]
+    for dotted, default in _ADDED_DEFAULTS.items():
+        *path, key = dotted.split(".")
+        part = d
+        for name in path:
+            part = part.get(name, {})
+        if key in part and part[key] == default:
+            del part[key]
     if d["adv"].get("attack_bn") == "eval":
         del d["adv"]["attack_bn"]
     return d
@@ -208,6 +212,8 @@ _ADDED_DEFAULTS = {
     "model_std": None,
     "lr_schedule": "step",
     "lr_warmup_fraction": 0.1,
+    "me.tv_weight": 0.03,
+    "me.tv_iterations": 300,
 }
 
 
