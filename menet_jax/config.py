@@ -312,8 +312,8 @@ ME: dict[str, Key] = {
     "mu": Key(1.0, POSITIVE, positive, "nucnorm weight"),
     "tv_weight": Key(0.03, POSITIVE, positive, "tvm: the TV weight lambda (Guo et al.'s 0.03)"),
     "tv_iterations": Key(  # the bound is me/tvm.py's MAX_ITERATIONS
-        300, "an integer in [1, 100000]", lambda v: positive_int(v) and v <= 100_000,
-        "tvm: Chambolle-Pock iterations (docs/method.md §2.7)"),  # fmt: skip
+        300, "an integer in [1, 100000]", lambda v: is_int(v) and 0 < v <= 100_000, "tvm: steps"
+    ),
 }
 
 # Madry-style adversarial training through ME with BPDA (docs/method.md §3.5).
