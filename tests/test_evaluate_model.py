@@ -236,3 +236,22 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert 0 <= report["headline"]["accuracy"] <= 1
     assert (tmp_path / "eval_brightness" / "results.json").exists()
     assert "headline" in capsys.readouterr().out
+
+
+def test_params_and_a_config_of_ones_own(tmp_path):
+    """logits_fn(params, x) with params traced (the Linen way), and an eval section passed
+    whole: the FGSM row is the closed form again."""
+    from menet_jax.evaluation import settings
+
+    params = {"w": jnp.asarray(MODEL.kernel[...]), "b": jnp.asarray(MODEL.bias[...])}
+
+    def apply(p, x):
+        return x.reshape(len(x), -1) @ p["w"] + p["b"]
+
+    ev = settings.eval_config()
+    ev.attacks, ev.eps, ev.num_examples = "fgsm", EPS, N
+    report = evaluation.evaluate_model(apply, X, Y, workdir=str(tmp_path), params=params,
+                                       config=ev, batch_size=N, progress_bar=False)  # fmt: skip
+    arrays = np.load(tmp_path / "results.npz")
+    np.testing.assert_array_equal(arrays["fgsm"], closed_form_robust(EPS))
+    assert report["attacks"]["fgsm"]["params"]["eps"] == EPS and ev.eval_keys == 5  # not changed
