@@ -214,6 +214,8 @@ def test_a_bad_input_is_one_sentence_before_any_attack(case, tmp_path):
         (dict(overrides={"pgd.stepz": 3}), "not an eval key"),
         (dict(overrides={"eps": -1.0}), "eval.eps"),
         (dict(overrides={"gradient": "exact"}, preprocess=quantize), "differentiable=True"),
+        (dict(votes=0), "votes=0"),
+        (dict(batch_size=0), "batch_size=0"),
     ],
 )
 def test_a_bad_setting_is_one_sentence(kw, match, tmp_path):

@@ -363,9 +363,9 @@ def evaluate_model(
         and jittable, x' of x's shape; the network sees x'.
       randomized: `preprocess` takes a typed key first and draws from it: every attack step and
         judging draw passes a fresh key (docs/method.md §6.1).
-      differentiable: jax.grad through `preprocess` is its true gradient: white-box rows
-        differentiate through it (`eval.gradient` "exact") instead of BPDA's identity, and the
-        fixed-draw sanity row runs.
+      differentiable: jax.grad through `preprocess` is its true gradient: the fixed-draw
+        sanity row runs, and `eval.gradient` may be "exact" (white-box rows differentiate
+        through it instead of BPDA's identity), its default unless `config` sets it.
       params: a pytree passed to `logits_fn` as its first argument (traced, not baked into the
         compiled code: better for large models).
       config: the `eval` section (`settings.eval_config()`'s keys: rows, eps, budgets), or a
@@ -391,6 +391,8 @@ def evaluate_model(
             "randomized and differentiable describe a preprocessing; with "
             "preprocess=None leave them False"
         )
+    if isinstance(votes, bool) or not isinstance(votes, int) or votes < 1:
+        raise ConfigError(f"votes={votes!r} must be a positive integer (draws of the vote)")
     if batch_size <= 0 or batch_size % jax.device_count():
         raise ConfigError(
             f"batch_size={batch_size} must be a positive multiple of the number "
