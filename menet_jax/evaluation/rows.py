@@ -1,7 +1,8 @@
 """The attack rows: each kind of row defined once (docs/method.md §5-6).
 
 A `Kind` is one entry of `config.eval.attacks` and one config section `config.eval.<name>`: its
-keys (defaults beside their checks), its threat model, what it needs (ME, a source model),
+keys (defaults beside their checks), its threat model, what it needs (a preprocessing before
+the network, randomness, a source model: a model without it skips the kind with the reason),
 whether its rows count toward the headline, and `build(plan, section)`, which adds its rows to a
 `Plan`. A `Row` is one line of the report: how its adversarial images are made for one batch
 (`make(x, y, key)`, or `reuse`: the images of an earlier row), how they are judged, and the `role`

@@ -85,9 +85,10 @@ class FunctionClassifier(defense.LogitsFunctions):
             return "the preprocessing has no exact gradient (differentiable=False)"
         if need == "preprocessing":
             return "the model has no preprocessing (preprocess=None): the bare network is the model"
+        what = "a deterministic preprocessing" if self.has_preprocessing else "no preprocessing"
         return (
-            f"the model is deterministic ({self.describe()}): every draw is the same, so EOT, "
-            "the vote and a fixed draw add nothing to the PGD rows"
+            f"the model is deterministic ({what}): every draw is the same, so EOT, the vote "
+            "and a fixed draw add nothing to the PGD rows"
         )
 
     def transform(self, x: jax.Array, key: jax.Array | None, gradient: str) -> jax.Array:
