@@ -46,8 +46,30 @@ MODES = ("menet", "network", "fixed_mask", "vote", "vote_soft")
 GRADIENTS = ("bpda", "exact", "none")  # preprocess.GRADIENTS
 
 
+class LogitsFunctions:
+    """`logits_fn` for a classifier with `apply(state, x, key, mode=..., **options)`, `state` and
+    a `_fns` cache: what `DefendedClassifier` and the evaluation's classifier of a user's
+    function (`evaluation.user_model.FunctionClassifier`) share."""
+
+    def logits_fn(self, mode: str = "menet", **options) -> jax.tree_util.Partial:
+        """`fn(x, key) -> logits` of `apply(self.state, x, key, mode=mode, **options)`.
+
+        Array options (`mask_key`, an array `p`) travel as traced arguments with the state.
+        """
+        arrays = {k: v for k, v in options.items() if isinstance(v, jax.Array | np.ndarray)}
+        static = {k: v for k, v in options.items() if k not in arrays}
+        cache_key = (mode, tuple(sorted(static.items())), tuple(sorted(arrays)))
+        if cache_key not in self._fns:
+
+            def fn(state, array_options, x, key):
+                return self.apply(state, x, key, mode=mode, **static, **array_options)
+
+            self._fns[cache_key] = fn
+        return jax.tree_util.Partial(self._fns[cache_key], self.state, arrays)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (jit of bound methods)
-class DefendedClassifier:
+class DefendedClassifier(LogitsFunctions):
     """A trained network behind ME-Net's preprocessing (immutable): the one source of logits.
 
     Attributes:
@@ -112,6 +134,32 @@ class DefendedClassifier:
         p = default_inference_p(config.me) if inference_p is None else float(inference_p)
         return cls(graphdef, state, config, num_classes, p, int(step))
 
+    @property
+    def has_preprocessing(self) -> bool:
+        """ME runs before the network (False for the vanilla baseline, me.method=none)."""
+        return not preprocess.from_config(self.config.me).identity
+
+    @property
+    def randomized(self) -> bool:
+        """Predictions depend on a random draw (the masks): every ME method is randomised."""
+        return self.has_preprocessing
+
+    @property
+    def has_exact_gradient(self) -> bool:
+        """The method has an exact reverse-mode gradient for a fixed mask (docs/method.md §5.6)."""
+        return preprocess.get(self.config.me.method).differentiable
+
+    def lacks(self, need: str) -> str:
+        """Why a row that needs `need` ("preprocessing", "randomness" or "exact_gradient")
+        cannot run on this classifier."""
+        if need == "exact_gradient":
+            return "the ME method has no exact gradient"
+        return "ME-only row; the model has no ME (me.method=none)"  # ME is both or neither
+
+    def describe(self) -> str:
+        """The preprocessing in words (the report)."""
+        return f"ME {self.config.me.method}" if self.has_preprocessing else "no ME"
+
     def apply(
         self,
         state,
@@ -143,22 +191,6 @@ class DefendedClassifier:
             gradient=gradient, mesh=self.mesh
         )
         return self._network(state, transform(key, x, p), bn)
-
-    def logits_fn(self, mode: str = "menet", **options) -> jax.tree_util.Partial:
-        """`fn(x, key) -> logits` of `apply(self.state, x, key, mode=mode, **options)`.
-
-        Array options (`mask_key`, an array `p`) travel as traced arguments with the state.
-        """
-        arrays = {k: v for k, v in options.items() if isinstance(v, jax.Array | np.ndarray)}
-        static = {k: v for k, v in options.items() if k not in arrays}
-        cache_key = (mode, tuple(sorted(static.items())), tuple(sorted(arrays)))
-        if cache_key not in self._fns:
-
-            def fn(state, array_options, x, key):
-                return self.apply(state, x, key, mode=mode, **static, **array_options)
-
-            self._fns[cache_key] = fn
-        return jax.tree_util.Partial(self._fns[cache_key], self.state, arrays)
 
     def _network(self, state, x: jax.Array, bn: str) -> jax.Array:
         model = nnx.merge(self.graphdef, state)

@@ -408,7 +408,7 @@ def test_checks_flag_a_broken_attack():
     found, skipped = sanity.compute_checks(
         rows, roles=roles, headline=None, num_classes=10,
         runtime={"zero_gradient": 0.5, "probability_logits": 0.0},
-        randomness={"pred_varies": 0.0, "logits_vary": 0.0}, uses_me=True,
+        randomness={"pred_varies": 0.0, "logits_vary": 0.0}, randomized=True,
     )  # fmt: skip
     assert found["pgd_at_least_fgsm"]["status"] == "WARN"
     assert found["monotone_in_eps"]["status"] == "WARN"
@@ -447,7 +447,7 @@ def _checks_on(logits_fn, x, y, *, eps=0.1):
     found, _ = sanity.compute_checks(
         {k: v.astype(np.float64) for k, v in rows.items()}, roles=roles, headline=None,
         num_classes=10, runtime={"zero_gradient": zero, "probability_logits": 0.0},
-        randomness={"pred_varies": 0.9, "logits_vary": 0.9}, uses_me=True,
+        randomness={"pred_varies": 0.9, "logits_vary": 0.9}, randomized=True,
     )  # fmt: skip
     return found
 
@@ -562,7 +562,7 @@ def test_top5_headline_and_vote_top5_against_hand_made_draws():
         return {"correct": correct, "top5": top5, "figures": fig,
                 "pred_varies": np.zeros(n, bool), "logits_vary": np.ones(n, bool)}  # fmt: skip
 
-    target = types.SimpleNamespace(uses_me=True)
+    target = types.SimpleNamespace(randomized=True)
     plan = Plan(ev=None, target=target, source=None, n_all=n)
     plan.rows = [Row("clean", "clean", "none", n, {}, counted=True),
                  Row("pgd_3", "pgd", "white-box", n, {"eps": 0.3}, counted=True)]  # fmt: skip
@@ -585,7 +585,7 @@ def test_runtime_checks_and_blackbox_examples_listed():
     found, _ = sanity.compute_checks(
         base, roles={Role.BLACKBOX: ["spsa", "boundary"]}, headline=head, num_classes=10,
         runtime={"zero_gradient": 0.0, "probability_logits": 0.25}, randomness=None,
-        uses_me=True,
+        randomized=True,
     )  # fmt: skip
     c = found["blackbox_weaker_than_whitebox"]
     assert c["status"] == "WARN" and "boundary" in c["detail"]
@@ -596,19 +596,19 @@ def test_runtime_checks_and_blackbox_examples_listed():
     found, _ = sanity.compute_checks(
         {"clean": np.ones(n), "spsa": bb}, roles={Role.BLACKBOX: ["spsa"]}, headline=head,
         num_classes=10, runtime={"zero_gradient": 0.0, "probability_logits": 0.0},
-        randomness=None, uses_me=True,
+        randomness=None, randomized=True,
     )  # fmt: skip
     assert found["blackbox_weaker_than_whitebox"]["status"] == "PASS"  # 2 of 200: noise
     assert found["logits_not_probabilities"]["status"] == "PASS"
     strong_graybox = {"pgd_40": np.full(n, 0.7), "graybox": np.full(n, 0.5)}
     found, skipped = sanity.compute_checks(  # a role's value names it too
         strong_graybox, roles={"reference": "pgd_40", "graybox": "graybox"}, headline=None,
-        num_classes=10, runtime=None, randomness=None, uses_me=True,
+        num_classes=10, runtime=None, randomness=None, randomized=True,
     )  # fmt: skip
     assert found["whitebox_at_least_graybox"]["status"] == "WARN"
     with pytest.raises(ValueError, match="'grey_box' is not a valid Role"):
         sanity.compute_checks(
             strong_graybox, roles={"grey_box": "graybox"}, headline=None, num_classes=10,
-            runtime=None, randomness=None, uses_me=True,
+            runtime=None, randomness=None, randomized=True,
         )  # fmt: skip
     assert "zero_gradient" in skipped and "logits_not_probabilities" in skipped

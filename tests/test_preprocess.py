@@ -160,7 +160,13 @@ def test_the_fixed_mask_row_is_skipped_for_a_method_without_an_exact_gradient():
     ev = settings.eval_config()
     for exact in (True, False):
         target = types.SimpleNamespace(
-            uses_me=True, has_exact_gradient=exact, gradient="bpda", whitebox=None, network=None
+            preprocessed=True,
+            randomized=True,
+            has_exact_gradient=exact,
+            gradient="bpda",
+            whitebox=None,
+            network=None,
+            lacks=lambda need: f"no {need}",
         )
         plan = rows.Plan(ev, target, None, 8)
         rows._sanity(plan, ev.sanity)

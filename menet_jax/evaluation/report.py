@@ -34,14 +34,31 @@ def _pct(v) -> str:
     return "" if v is None else f"{v:.2%}"
 
 
+def _model_line(report: dict, me: dict) -> str:
+    user = report.get("user_model")
+    if not user:
+        return (
+            f"Model {report.get('model')} on {report.get('dataset')}, step "
+            f"{report.get('step')}; ME {me.get('method')} at inference p "
+            f"{_fmt(me.get('inference_p'))}."
+        )
+    adapted = "; ".join(user["adapted"])
+    return (
+        f"A user's model (`evaluation.evaluate_model`) with {me.get('method')}; white-box "
+        f"gradients {user['gradient']}." + (f" Adapted: {adapted}." if adapted else "")
+    )
+
+
 def write_markdown(report: dict, path: str) -> None:
     """Writes the report as a paper-style table of rows, then the checks, then the budgets."""
     top5 = "top5" in report["clean"]
     me = report.get("me", {})
     h = report["headline"]
     head_top5 = f"; top-5 {h['top5']['accuracy']:.2%}" if "top5" in h else ""
+    user = report.get("user_model")
+    title = f"Evaluation of `{user['name']}`" if user else "ME-Net evaluation"
     lines = [
-        f"# ME-Net evaluation of `{report.get('workdir', '')}`",
+        f"# {title} of `{report.get('workdir', '')}`",
         "",
         f"**Headline robust accuracy: {h['accuracy']:.2%}** (95% CI {h['interval'][0]:.1%}-"
         f"{h['interval'][1]:.1%}) on {h['n']} test examples{head_top5}: per example the worst "
@@ -49,8 +66,7 @@ def write_markdown(report: dict, path: str) -> None:
         "selection draws and measured on independent fresh draws (docs/method.md §6.2). Rows "
         "that decided it: " + ", ".join(f"{k} {v}" for k, v in h["decided_by"].items()) + ".",
         "",
-        f"Model {report.get('model')} on {report.get('dataset')}, step {report.get('step')}; "
-        f"ME {me.get('method')} at inference p {_fmt(me.get('inference_p'))}. Each row's "
+        _model_line(report, me) + " Each row's "
         f"accuracy is the expected single-mask accuracy: per example the fraction of "
         f"R = {report.get('eval_keys')} fresh mask draws (never seen by the attack) that classify "
         "it correctly, averaged over examples, as the paper and Tramer et al. judge. The Vote "
@@ -216,7 +232,8 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
         num_classes=num_classes,
         runtime=runtime,
         randomness=randomness,
-        uses_me=plan.target.uses_me,
+        randomized=plan.target.randomized,
+        skipped_rows=plan.skipped,
     )
     budgets = {
         "examples": plan.n_all,

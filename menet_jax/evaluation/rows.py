@@ -1,7 +1,8 @@
 """The attack rows: each kind of row defined once (docs/method.md §5-6).
 
 A `Kind` is one entry of `config.eval.attacks` and one config section `config.eval.<name>`: its
-keys (defaults beside their checks), its threat model, what it needs (ME, a source model),
+keys (defaults beside their checks), its threat model, what it needs (a preprocessing before
+the network, randomness, a source model: a model without it skips the kind with the reason),
 whether its rows count toward the headline, and `build(plan, section)`, which adds its rows to a
 `Plan`. A `Row` is one line of the report: how its adversarial images are made for one batch
 (`make(x, y, key)`, or `reuse`: the images of an earlier row), how they are judged, and the `role`
@@ -130,7 +131,7 @@ class Plan:
     @property
     def whitebox_threat(self) -> str:
         t = self.target
-        return f"white-box {t.gradient.upper()}" if t.uses_me else "white-box"
+        return f"white-box {t.gradient.upper()}" if t.preprocessed else "white-box"
 
     def size(self, examples: int | None) -> int:
         return self.n_all if examples is None else min(int(examples), self.n_all)
@@ -171,7 +172,7 @@ class Kind:
     keys: dict[str, Key]
     build: Callable[[Plan, ml_collections.ConfigDict], None]
     doc: str
-    needs_me: bool = False
+    needs: str | None = None  # "preprocessing" or "randomness": skipped on a model without it
     needs_source: bool = False
 
 
@@ -219,7 +220,7 @@ def _eot(plan: Plan, c) -> None:
 
 def _apgd(plan: Plan, c) -> None:
     t = plan.target
-    samples = int(c.eot_samples) if t.uses_me else 1  # EOT needs randomness
+    samples = int(c.eot_samples) if t.randomized else 1  # EOT needs randomness
     restarts = int(plan.ev.restarts)
     for loss in c.losses:
         opts = {"eps": plan.eps, "steps": int(c.steps), "loss": loss, "eot_samples": samples}
@@ -250,7 +251,7 @@ def _graybox(plan: Plan, c) -> None:
 
 def _transfer(plan: Plan, c) -> None:
     src, eps = plan.source, plan.eps
-    via = "through its ME with BPDA" if src.uses_me else "vanilla"
+    via = "through its ME with BPDA" if src.preprocessed else "vanilla"
     threat = f"transfer ({via})"
 
     def fgsm(x, y, k):
@@ -344,8 +345,8 @@ def _sanity(plan: Plan, c) -> None:
             plan.pgd(name, "sanity", threat, n, t.whitebox, eps=plan.eps * m,
                      step_size=float(ev.step_size) * m, role=Role.SWEEP,
                      extra_params={"eps_multiplier": m})  # fmt: skip
-    if not t.uses_me:
-        plan.skipped["no_me_pgd"] = plan.skipped["fixed_mask_pgd"] = "the model has no ME"
+    if not t.preprocessed:
+        plan.skipped["no_me_pgd"] = plan.skipped["fixed_mask_pgd"] = t.lacks("preprocessing")
         return
     if plan.has("graybox"):
         plan.add(Row("no_me_pgd", "sanity", "no ME (bare network)", plan.n_all, common,
@@ -353,8 +354,11 @@ def _sanity(plan: Plan, c) -> None:
     else:
         plan.pgd("no_me_pgd", "sanity", "no ME (bare network)", n, t.network, judge="network",
                  role=Role.NO_ME)  # fmt: skip
+    if not t.randomized:
+        plan.skipped["fixed_mask_pgd"] = t.lacks("randomness")
+        return
     if not t.has_exact_gradient:
-        plan.skipped["fixed_mask_pgd"] = "the ME method has no exact gradient"
+        plan.skipped["fixed_mask_pgd"] = t.lacks("exact_gradient")
         return
     plan.pgd("fixed_mask_pgd", "sanity", "one fixed mask (exact gradients)", n,
              lambda x, k: t.fixed(rng.fixed_mask_key(k)), per_batch=True, judge="fixed",
@@ -391,7 +395,7 @@ KINDS: tuple[Kind, ...] = (
         "samples": Key(41, POSITIVE_INT, positive_int, "fresh masks averaged per step (1 + 40)"),
         "step_size": Key(None, "a positive number or None", optional(positive),
                          "None: 5 * eps / steps (Tramer et al.)", float),
-    }, _eot, "BPDA+EOT (Tramer et al. 2020), the best iterate kept", needs_me=True),
+    }, _eot, "BPDA+EOT (Tramer et al. 2020), the best iterate kept", needs="randomness"),
     Kind("apgd", "white-box", True, {
         "losses": Key(("ce", "dlr"), "a non-empty tuple of 'ce', 'dlr', 'dlr_targeted'",
                       lambda v: bool(v) and set(v) <= {"ce", "dlr", "dlr_targeted"},
@@ -403,9 +407,10 @@ KINDS: tuple[Kind, ...] = (
     }, _apgd, "APGD with EOT (Croce & Hein 2020, AutoAttack's randomised version)"),
     Kind("network_only", "gray-box", True, {}, _network_only,
          "Table 12: PGD on the network at one fixed ME(x), judged through a fresh ME",
-         needs_me=True),
+         needs="preprocessing"),
     Kind("graybox", "gray-box", True, {}, _graybox,
-         "Tables 10/15/18/21: PGD on the bare network, judged through ME", needs_me=True),
+         "Tables 10/15/18/21: PGD on the bare network, judged through ME",
+         needs="preprocessing"),
     Kind("transfer", "transfer", False, {
         "source_workdir": Key(None, "a path or None", lambda v: v is None or isinstance(v, str),
                               "the workdir of an independently trained source model", str),
@@ -431,7 +436,7 @@ KINDS: tuple[Kind, ...] = (
         "examples": _examples(None),
         "steps": Key(100, POSITIVE_INT, positive_int, "iterations of APGD aimed at the vote"),
     }, _vote, "the k-mask majority vote (supplement J): clean, main-PGD images, and APGD aimed "
-        "at the vote itself", needs_me=True),
+        "at the vote itself", needs="randomness"),
     Kind("sanity", "sanity", False, {
         "examples": _examples(200),
         "eps_multipliers": Key((0.0, 0.25, 0.5, 1.0, 2.0, 4.0), "strictly increasing numbers >= 0",

@@ -37,7 +37,8 @@ def compute_checks(
     num_classes: int,
     runtime: dict | None,
     randomness: dict | None,
-    uses_me: bool,
+    randomized: bool,
+    skipped_rows: dict[str, str] | None = None,
 ) -> tuple[dict, dict]:
     """The sanity checks that the rows present allow.
 
@@ -54,12 +55,16 @@ def compute_checks(
         gradient is exactly zero, "probability_logits": fraction whose logits look like
         probabilities}, or None when no attack ran.
       randomness: {"pred_varies": fraction, "logits_vary": fraction} over the R clean draws.
-      uses_me: the model is an ME-Net (randomised), not the vanilla network.
+      randomized: the model is randomised (an ME-Net, or a user's randomised preprocessing),
+        not a deterministic one (the vanilla network).
+      skipped_rows: per row not run, why (`rows.Plan.skipped`): a check whose row was
+        skipped is skipped with that reason.
 
     Returns:
       (checks, skipped): checks by name; skipped maps a check's name to why it was not run.
     """
     checks, skipped = {}, {}
+    skipped_rows = skipped_rows or {}
     roles = {Role(k): v for k, v in roles.items()}  # a role that is not a Role: ValueError
     rows = dict(rows)
     if headline is not None:
@@ -98,13 +103,30 @@ def compute_checks(
             "the same PGD through ME must not be weaker than on the bare network (else the "
             "gradient through ME is poor)",
         )
-    for check, role, what in (
-        ("no_me_attack_succeeds", Role.NO_ME, "the same PGD on the bare network, judged bare"),
-        ("fixed_mask_attack_succeeds", Role.FIXED_MASK, "PGD and judging with one fixed mask"),
-    ):
-        if not uses_me:
+
+    def row_skipped(check: str, role: Role, *names: str) -> bool:
+        """The check's row (or its kind, `names`) was not planned: skip the check with its
+        reason."""
+        if roles.get(role) is not None:
+            return False
+        why = [name for name in names if name in skipped_rows]
+        if why:
+            skipped[check] = f"row {why[0]} skipped: {skipped_rows[why[0]]}"
+        elif not randomized:
             skipped[check] = "not an ME-Net (me.method=none)"
-        elif need(check, roles.get(role), main):
+        else:
+            return False  # need() names the missing row
+        return True
+
+    for check, role, row, what in (
+        ("no_me_attack_succeeds", Role.NO_ME, "no_me_pgd",
+         "the same PGD on the bare network, judged bare"),
+        ("fixed_mask_attack_succeeds", Role.FIXED_MASK, "fixed_mask_pgd",
+         "PGD and judging with one fixed mask"),
+    ):  # fmt: skip
+        if row_skipped(check, role, row):
+            continue
+        if need(check, roles.get(role), main):
             a, b = pair(roles[role], main)
             lo, hi = mean_interval(a)
             checks[check] = _check(
@@ -114,15 +136,15 @@ def compute_checks(
                 f"(through ME {_acc(b):.4f}); PASS only when the attack leaves at most "
                 f"{ATTACK_SUCCESS_LIMIT:.0%}",
             )
-    if not uses_me:
-        skipped["eot_at_least_bpda"] = "not an ME-Net (me.method=none)"
+    if row_skipped("eot_at_least_bpda", Role.EOT, "bpda_eot", "eot"):
+        pass
     elif need("eot_at_least_bpda", roles.get(Role.EOT), main):
         not_above("eot_at_least_bpda", roles[Role.EOT], main, "EOT must not be weaker than BPDA")
     long = roles.get(Role.LONG)
     if long and need("more_steps_not_weaker", long, main):
         not_above("more_steps_not_weaker", long, main, "a longer PGD must not be weaker")
     _runtime_checks(checks, skipped, runtime)
-    _randomness_check(checks, skipped, randomness, uses_me)
+    _randomness_check(checks, skipped, randomness, randomized)
     return checks, skipped
 
 
@@ -217,17 +239,17 @@ def _runtime_checks(checks, skipped, runtime) -> None:
     )
 
 
-def _randomness_check(checks, skipped, randomness, uses_me) -> None:
-    """An ME-Net's draws differ; a vanilla model's never do."""
+def _randomness_check(checks, skipped, randomness, randomized) -> None:
+    """A randomised model's (an ME-Net's) draws differ; a deterministic one's never do."""
     if randomness is None:
         skipped["randomness"] = "clean row not run"
         return
-    if uses_me:
+    if randomized:
         ok = randomness["logits_vary"] > 0.5
-        rule = "ME-Net: logits must differ between draws for most examples"
+        rule = "randomised (ME-Net): logits must differ between draws for most examples"
     else:
         ok = randomness["logits_vary"] == 0 and randomness["pred_varies"] == 0
-        rule = "vanilla: every draw must give the same logits"
+        rule = "deterministic (vanilla): every draw must give the same logits"
     checks["randomness"] = _check(
         ok,
         randomness["pred_varies"],

@@ -184,13 +184,89 @@ def plan_rows(
     for kind in KINDS:
         if kind.name not in groups:
             continue
-        if kind.needs_me and not model.uses_me:
-            plan.skipped[kind.name] = "ME-only row; the model has no ME (me.method=none)"
+        if kind.needs == "preprocessing" and not model.preprocessed:
+            plan.skipped[kind.name] = model.lacks("preprocessing")
+        elif kind.needs == "randomness" and not model.randomized:
+            plan.skipped[kind.name] = model.lacks("randomness")
         elif kind.needs_source and source is None:
             plan.skipped[kind.name] = "no eval.transfer.source_workdir given"
         else:
             kind.build(plan, ev.get(kind.name))
     return plan
+
+
+def run_plan(
+    plan: Plan,
+    model: EvaluatedClassifier,
+    data,
+    keys,
+    *,
+    batch_size: int,
+    runtime_checks: bool,
+    store=None,
+    config=None,
+) -> tuple[dict, dict, list[str], dict | None]:
+    """Runs the plan's rows one after another, then AutoAttack's runtime checks.
+
+    Args:
+      plan: the rows (`plan_rows`).
+      model: the evaluated classifier.
+      data: (images float [n, H, W, C] in [0, 1], labels int32 [n], the 2R judging keys).
+      keys: {"attack": the attacks' root key, "sanity": the runtime checks' root key}.
+      batch_size: the global batch (divisible by the device count).
+      runtime_checks: run AutoAttack's runtime checks (when any attack kind was asked for).
+      store: finished rows to resume from and save to (`_Store`), or None: no resuming.
+      config: read for `progress_bar` only.
+
+    Returns:
+      (per row `run_row`'s output with its `protocol.row_figures` as "figures", per row and
+      "runtime_checks" its seconds, the rows resumed, the runtime checks or None when no attack
+      row ran).
+    """
+    store = _NoStore() if store is None else store
+    R = len(data[2]) // 2
+    cache = {r.reuse: None for r in plan.rows if r.reuse}
+    results, seconds = {}, {}
+    finished = {r.name: store.load(r.name) for r in plan.rows}
+    finished = {name: done for name, done in finished.items() if done is not None}
+    finished = store.agree(finished, [r.name for r in plan.rows])
+    resumed = list(finished)
+    if resumed:
+        print(f"resuming the evaluation: {len(resumed)} of {len(plan.rows)} rows already "
+              f"finished ({', '.join(resumed)})", file=sys.stderr)  # fmt: skip
+    bar = monitor.progress(total=len(plan.rows), desc="attacks", unit="row", config=config)
+    for index, row in enumerate(plan.rows):
+        done = finished.pop(row.name, None)
+        t0 = time.time()
+        if done is not None:
+            results[row.name], seconds[row.name] = done
+        else:
+            results[row.name] = run_row(row, model, data, keys, cache, batch_size)
+            seconds[row.name] = round(time.time() - t0, 2)
+            store.save(row.name, results[row.name], seconds[row.name])
+        if row.name in cache:
+            cache[row.name] = results[row.name]["adversarial"]
+        correct = results[row.name]["correct"]
+        fig = protocol.row_figures(**protocol.split_draws(correct, R))
+        results[row.name]["figures"] = fig
+        bar.update(1)
+        how = "resumed" if done is not None else f"{seconds[row.name]:.1f} s"
+        bar.write(f"{row.name}: accuracy {fig['accuracy']:.4f} on {row.n} examples ({how})",
+                  file=sys.stderr)  # fmt: skip
+        if preemption.requested(index, every=1):  # rows are long: agree after each one
+            bar.close()
+            raise preemption.Preempted(
+                f"preempted during the evaluation after row {row.name} ({index + 1} of "
+                f"{len(plan.rows)} rows saved in eval_partial/); run the same command to resume"
+            )
+    bar.close()
+    runtime = None
+    if runtime_checks:
+        t0 = time.time()
+        runtime = _runtime_checks(model, data, keys, batch_size)
+        seconds["runtime_checks"] = round(time.time() - t0, 2)
+
+    return results, seconds, resumed, runtime
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +332,22 @@ class _Store:
     def remove(self) -> None:
         if self.writer:
             paths.rmtree(self.dir)
+
+
+class _NoStore:
+    """No resuming: nothing finished, nothing saved (an evaluation of a user's function)."""
+
+    def load(self, name: str) -> None:
+        return None
+
+    def agree(self, finished: dict, names: list[str]) -> dict:
+        return finished
+
+    def save(self, name: str, result: dict, seconds: float) -> None:
+        pass
+
+    def remove(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,48 +503,11 @@ def evaluate(
         "run": json.loads(run.to_json()), "eval_batch_size": config.eval_batch_size,
         "source": [source_dir, source.clf.step] if source else None, "n_all": n_all,
     })  # fmt: skip
-    cache = {r.reuse: None for r in plan.rows if r.reuse}
-    results, seconds = {}, {}
+    results, seconds, resumed, runtime = run_plan(
+        plan, model, data, keys, batch_size=config.eval_batch_size,
+        runtime_checks=bool(groups - {"clean"}), store=store, config=config,
+    )  # fmt: skip
     R = int(ev.eval_keys)
-    finished = {r.name: store.load(r.name) for r in plan.rows}
-    finished = {name: done for name, done in finished.items() if done is not None}
-    finished = store.agree(finished, [r.name for r in plan.rows])
-    resumed = list(finished)
-    if resumed:
-        print(f"resuming the evaluation: {len(resumed)} of {len(plan.rows)} rows already "
-              f"finished ({', '.join(resumed)})", file=sys.stderr)  # fmt: skip
-    bar = monitor.progress(total=len(plan.rows), desc="attacks", unit="row", config=config)
-    for index, row in enumerate(plan.rows):
-        done = finished.pop(row.name, None)
-        t0 = time.time()
-        if done is not None:
-            results[row.name], seconds[row.name] = done
-        else:
-            results[row.name] = run_row(row, model, data, keys, cache, config.eval_batch_size)
-            seconds[row.name] = round(time.time() - t0, 2)
-            store.save(row.name, results[row.name], seconds[row.name])
-        if row.name in cache:
-            cache[row.name] = results[row.name]["adversarial"]
-        correct = results[row.name]["correct"]
-        fig = protocol.row_figures(**protocol.split_draws(correct, R))
-        results[row.name]["figures"] = fig
-        bar.update(1)
-        how = "resumed" if done is not None else f"{seconds[row.name]:.1f} s"
-        bar.write(f"{row.name}: accuracy {fig['accuracy']:.4f} on {row.n} examples ({how})",
-                  file=sys.stderr)  # fmt: skip
-        if preemption.requested(index, every=1):  # rows are long: agree after each one
-            bar.close()
-            raise preemption.Preempted(
-                f"preempted during the evaluation after row {row.name} ({index + 1} of "
-                f"{len(plan.rows)} rows saved in eval_partial/); run the same command to resume"
-            )
-    bar.close()
-    runtime = None
-    if groups - {"clean"}:
-        t0 = time.time()
-        runtime = _runtime_checks(model, data, keys, config.eval_batch_size)
-        seconds["runtime_checks"] = round(time.time() - t0, 2)
-
     out = report.build(
         plan, results, seconds, runtime=runtime, top5=top5, num_classes=clf.num_classes, R=R
     )

@@ -1,8 +1,10 @@
 """The evaluated classifier as jit-friendly functions: what attacks differentiate, how rows judge.
 
-`EvaluatedClassifier(clf, votes=, top5=, gradient=)` wraps a `DefendedClassifier` once, so every
-jitted function keeps its cache across batches and rows (arrays travel as traced arguments,
-functions by identity). Every logits function comes from `DefendedClassifier.logits_fn`:
+`EvaluatedClassifier(clf, votes=, top5=, gradient=)` wraps a `DefendedClassifier` (or the
+classifier of a user's function, `user_model.FunctionClassifier`, which has the same `apply`,
+`logits_fn` and properties) once, so every jitted function keeps its cache across batches and
+rows (arrays travel as traced arguments, functions by identity). Every logits function comes
+from the classifier's `logits_fn`:
 
   whitebox   one fresh mask + ME, gradients by `gradient` ("bpda" straight-through or "exact");
   network    the bare network;
@@ -34,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 
-from menet_jax import attacks, preprocess
+from menet_jax import attacks
 from menet_jax.mesh import data_mesh
 
 
@@ -77,9 +79,10 @@ class EvaluatedClassifier:
         state = self.replicate(jax.device_get(clf.state))
         clf = dataclasses.replace(clf, state=state, mesh=mesh)
         self.clf, self.state, self.votes = clf, clf.state, votes
-        method = preprocess.get(clf.config.me.method)
-        self.uses_me = method.solve is not None
-        self.has_exact_gradient = method.differentiable  # the fixed-mask row needs one
+        self.preprocessed = clf.has_preprocessing  # a preprocessing runs before the network
+        self.randomized = clf.randomized  # predictions depend on a random draw
+        self.has_exact_gradient = clf.has_exact_gradient  # the fixed-mask row needs one
+        self.lacks, self.description = clf.lacks, clf.describe()
         self.gradient = gradient
         self.whitebox = clf.logits_fn("menet", gradient=gradient)
         self.network = clf.logits_fn("network")
