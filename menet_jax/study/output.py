@@ -7,6 +7,7 @@ per-example worst case over the point's counted rows); nothing is recomputed her
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -14,6 +15,7 @@ import os
 from menet_jax.study import core
 
 MISSING = "—"
+NOT_REPORTED = "not reported"
 
 
 def pyplot():
@@ -146,6 +148,10 @@ def markdown(study, base, run: dict, records: list[dict]) -> str:
         lines.append(
             f"| [{r['name']}]({r['results'][:-5]}.md) | " + " | ".join(vals + cells) + " |"
         )
+    for q in study.quoted:
+        vals = [q.cells.get(k, "") for k in keys]
+        cells = [q.cells.get(lab, NOT_REPORTED) for lab in labels]
+        lines.append(f"| {q.name} (quoted) | " + " | ".join(vals + cells) + " |")
     heads = {tuple(r["cells"]["headline"]["rows"]) for r in records}
     rows_text = "; ".join(", ".join(h) for h in sorted(heads))
     lines += [
@@ -157,6 +163,11 @@ def markdown(study, base, run: dict, records: list[dict]) -> str:
         + "; ".join(f"{c.label} = `{c.row}`" for c in study.columns)
         + f". {MISSING}: the row does not apply to that point (see its results.md).",
     ]
+    if study.quoted:
+        lines += ["", "Rows marked (quoted) are the paper's figures, not run here and not "
+                  "comparable cell by cell (the paper's models, training and attack code; "
+                  f"{NOT_REPORTED}: the paper gives none): " + "; ".join(
+                      f"{q.name}, {q.source}" for q in study.quoted) + "."]  # fmt: skip
     if run["overrides"]:
         lines += ["", "Command-line overrides: " + ", ".join(
             f"`{k}={v!r}`" for k, v in run["overrides"].items()) + "."]  # fmt: skip
@@ -182,6 +193,7 @@ def write(study, base, entries, workdir: str, run: dict, *, pictures=None) -> di
         out["recorded"] = run["recorded"]
         out["columns"] = {c.label: c.row for c in study.columns}
         out["points"] = records
+        out["quoted"] = [dataclasses.asdict(q) for q in study.quoted]
         text = markdown(study, base, run, records)
         out["png"] = plot(study, records, os.path.join(workdir, f"{study.name}.png"))
     else:
