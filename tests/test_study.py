@@ -363,6 +363,7 @@ def test_defences_end_to_end_on_a_tiny_config(tmp_path, counted):
     assert "| Thermometer (quoted) | Thermometer | Prep. |" in md
     assert "| PixelDefend (quoted) | PixelDefend | Prep. |" in md
     assert "9.0%" in md and "from Athalye et al. (2018)" in md
+    assert "Models: pure ME-Net (but madry: adversarially trained)" in md
     for rec in out["points"]:
         assert "missing" not in rec["cells"]["PGD-7"] and "missing" not in rec["cells"]["headline"]
         assert rec["cells"]["PGD-20"]["missing"]  # not among this run's rows

@@ -71,6 +71,7 @@ def table(study: core.Study, entries: list[core.Planned], workdir: str) -> list[
             "transfer_source": f"models/{e.source}" if e.source else None,
             "results": os.path.relpath(path, workdir),
             "evaluation_seconds": results.get("budgets", {}).get("total_seconds"),
+            "adversarially_trained": bool(e.config.adv.enabled),
             "cells": cells,
         })  # fmt: skip
     return out
@@ -103,9 +104,12 @@ def recorded_seconds(workdir: str, entries: list[core.Planned], records: list[di
     }
 
 
-def _header(study: core.Study, base, run: dict) -> list[str]:
+def _header(study: core.Study, base, run: dict, records: list[dict] = ()) -> list[str]:
     adv = bool(base.adv.enabled)
     trained = "adversarially trained ME-Net (adv.enabled)" if adv else "pure ME-Net"
+    own = [r["name"] for r in records if r.get("adversarially_trained", adv) != adv]
+    if own:  # points whose own overrides turn adversarial training on or off
+        trained += f" (but {', '.join(own)}: {'not ' if adv else ''}adversarially trained)"
     lines = [
         f"# {study.title}",
         "",
@@ -139,7 +143,7 @@ def markdown(study, base, run: dict, records: list[dict]) -> str:
     """NAME.md: the header, the table (one row per point) and how to read it."""
     keys = list(dict.fromkeys(k for r in records for k in r["values"]))
     labels = ["clean", "headline"] + [c.label for c in study.columns]
-    lines = _header(study, base, run) + [""]
+    lines = _header(study, base, run, records) + [""]
     lines.append("| point | " + " | ".join(keys + labels) + " |")
     lines.append("|---" * (1 + len(keys) + len(labels)) + "|")
     for r in records:
@@ -267,7 +271,7 @@ def _lines(plt, spec: core.Lines, records: list[dict]):
 
 
 def _bars(plt, spec: core.Bars, records: list[dict]):
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(records) * len(spec.columns) / 2), 4.2))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.6 * len(records) * len(spec.columns))), 4.2))
     width = 0.8 / len(spec.columns)
     for j, col in enumerate(spec.columns):
         for i, r in enumerate(records):
