@@ -20,6 +20,7 @@ from menet_jax.study import (
     Column,
     Lines,
     Point,
+    Quoted,
     Study,
     core,
     model_hash,
@@ -41,6 +42,7 @@ TINY = Study(
     ],
     columns=(Column("PGD", "pgd_{steps}"), Column("EOT", "bpda_eot")),
     plot=Lines("eps", ("PGD", "headline")),
+    quoted=(Quoted("Elsewhere", "a paper's Table 1", {"eps": "0.3", "PGD": "12.3%"}),),
 )
 
 
@@ -145,6 +147,12 @@ def test_tiny_study_end_to_end_resumes_and_tabulates(tmp_path, counted):
     # me.votes reached b's evaluation; the model was trained with the base's votes.
     assert json.load(open(f"{d}/points/b/results.json"))["me"]["votes"] == 3
     assert "Command: `run_study('tiny_test'" in md
+    # The quoted row: under the points, marked, its missing columns "not reported", not run.
+    nr = "not reported"
+    assert f"| Elsewhere (quoted) | 0.3 |  | {nr} | {nr} | 12.3% | {nr} |" in md
+    assert "Rows marked (quoted) are the paper's figures" in md and "a paper's Table 1" in md
+    assert table["quoted"] == [{"name": "Elsewhere", "source": "a paper's Table 1",
+                                "cells": {"eps": "0.3", "PGD": "12.3%"}}]  # fmt: skip
     png = matplotlib.image.imread(f"{d}/tiny_test.png")
     assert png.ndim == 3 and png.shape[0] > 100
 
@@ -232,12 +240,14 @@ def test_declared_studies_plan_on_the_demo_config(tmp_path):
     from menet_jax.config import validate
     from menet_jax.evaluation.settings import validate_eval
 
-    names = ["eps", "p_tradeoff", "me_methods", "restarts", "vote", "num_masks", "noise"]
+    names = ["eps", "p_tradeoff", "me_methods", "restarts", "vote", "num_masks", "noise",
+             "defences"]  # fmt: skip
     assert all(n in STUDIES for n in names)
-    demo = load_config(os.path.join(ROOT, "configs/mnist_demo.py"))
+    spec = os.path.join(ROOT, "configs/mnist_demo.py")
+    demo = load_config(spec)
     default_model = model_hash(demo)
     for name in names:
-        _, entries, models = core.plan(STUDIES[name], demo, str(tmp_path))
+        _, entries, models = core.plan(STUDIES[name], demo, str(tmp_path), config_spec=spec)
         for e in entries:
             validate(e.config)
             validate_eval(e.config.eval)
@@ -260,9 +270,100 @@ def test_command_line_list_and_unknown_study():
     r = _cli("--list")
     assert r.returncode == 0
     listed = [line.split()[0] for line in r.stdout.splitlines()]
-    for name in ("eps", "p_tradeoff", "me_methods", "restarts", "vote", "num_masks", "noise"):
+    for name in ("eps", "p_tradeoff", "me_methods", "restarts", "vote", "num_masks", "noise",
+                 "defences"):  # fmt: skip
         assert name in listed
     r = _cli("nope", "--config=configs/mnist_demo.py", "--workdir=/tmp/unused")
     assert r.returncode != 0
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown study 'nope'"), r.stderr
+
+
+def test_defences_plans_five_models_trained_alike(tmp_path):
+    spec = os.path.join(ROOT, "configs/mnist_demo.py")
+    demo = load_config(spec)
+    _, entries, models = core.plan(STUDIES["defences"], demo, str(tmp_path), config_spec=spec)
+    by = {e.point.name: e for e in entries}
+    assert list(by) == ["vanilla", "madry", "tvm", "usvt", "softimpute"]
+    assert len(models) == 5 and len({e.model for e in entries}) == 5
+    for e in entries:  # the paper's rows, the adaptive row, the demo's budgets; no transfer
+        ev = e.config.eval
+        assert ev.pgd.steps == (7, 20, 40, 100) and ev.num_examples == 300
+        assert ev.step_size == pytest.approx(demo.eval.eps / 4) and ev.eps == demo.eval.eps
+        assert set(ev.attacks.split(",")) == {"pgd", "eot"} and e.source is None
+        assert ev.eot.steps == 40 and ev.eot.samples == 4 and ev.pgd.long_examples == 0
+    c = {n: e.config for n, e in by.items()}
+    assert c["vanilla"].me.method == "none" and not c["vanilla"].adv.enabled
+    # madry is the demo's `madry` variant: adversarial training alone, the same model and hash.
+    madry = load_config(spec + ":madry")
+    assert c["madry"].me.method == "none" and c["madry"].adv.enabled
+    for key in ("num_epochs", "lr_boundaries_epochs", "learning_rate", "batch_size"):
+        assert c["madry"][key] == madry[key], key
+    assert c["madry"].adv.to_dict() == madry.adv.to_dict()
+    assert by["madry"].model == model_hash(madry)
+    assert c["tvm"].me.method == "tvm" and c["tvm"].me.p_start == c["tvm"].me.p_end == 0.5
+    assert not c["tvm"].adv.enabled
+    # USVT is the demo model itself; Soft-Impute and TVM differ from it only in the method (and
+    # TVM's p).
+    assert by["usvt"].model == model_hash(demo)
+    for name, method in (("softimpute", "softimpute"), ("tvm", "tvm")):
+        other = copy.deepcopy(demo)
+        other.me.method = method
+        if name == "tvm":
+            other.me.p_start = other.me.p_end = 0.5
+        assert by[name].model == model_hash(other), name
+    # Without the config file the madry point cannot be planned: one sentence says why.
+    with pytest.raises(ConfigError, match="'madry' variant, so the study needs the config file"):
+        core.plan(STUDIES["defences"], demo, str(tmp_path))
+
+
+def test_variant_overrides_are_the_variants_training_keys():
+    cpu = os.path.join(ROOT, "configs/cifar10.py:cpu")
+    over = core.variant_overrides(cpu, "madry")
+    assert over["me.method"] == "none" and over["adv.enabled"] is True
+    assert not any(k.startswith("eval.") for k in over)
+    assert "model_width" not in over  # the cpu variant's keys stay as the base has them
+    base, varied = load_config(cpu), load_config(cpu + ",madry")
+    core.apply_overrides(base, over, where="test")
+    assert model_hash(base) == model_hash(varied)
+
+
+TINY_FILE = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.test_study import tiny_base
+
+
+def get_config(arg=None):
+    c = tiny_base()
+    c.me.tv_iterations = 5
+    if arg == "madry":  # a variant that trains differently: adversarially, without ME
+        c.me.method, c.adv.enabled, c.adv.steps, c.num_train_steps = "none", True, 2, 4
+    return c
+"""
+
+
+@pytest.mark.slow  # five tiny models: about a minute on 2 cores
+def test_defences_end_to_end_on_a_tiny_config(tmp_path, counted):
+    spec = str(tmp_path / "tiny_config.py")
+    with open(spec, "w") as f:
+        f.write(TINY_FILE.format(root=ROOT))
+    over = {"eval.pgd.steps": (7,), "eval.attacks": "pgd", "eval.num_examples": N}
+    d = str(tmp_path / "study")
+    out = run_study("defences", load_config(spec), d, overrides=over, config_spec=spec)
+    assert len(counted["train"]) == 5 and len(out["points"]) == 5
+    for name in ("defences.md", "defences.json", "defences.png"):
+        assert os.path.isfile(os.path.join(d, name))
+    madry = json.load(open(f"{d}/points/madry/config.json"))["config"]
+    assert madry["adv"]["enabled"] and madry["me"]["method"] == "none"
+    assert madry["num_train_steps"] == 4  # the file's variant, not the base's 6 steps
+    tvm = json.load(open(f"{d}/points/tvm/config.json"))["config"]["me"]
+    assert tvm["method"] == "tvm" and tvm["p_start"] == tvm["p_end"] == 0.5
+    md = open(f"{d}/defences.md").read()
+    assert "| Thermometer (quoted) | Thermometer | Prep. |" in md
+    assert "| PixelDefend (quoted) | PixelDefend | Prep. |" in md
+    assert "9.0%" in md and "from Athalye et al. (2018)" in md
+    assert "Models: pure ME-Net (but madry: adversarially trained)" in md
+    for rec in out["points"]:
+        assert "missing" not in rec["cells"]["PGD-7"] and "missing" not in rec["cells"]["headline"]
+        assert rec["cells"]["PGD-20"]["missing"]  # not among this run's rows

@@ -55,8 +55,9 @@ def main(argv) -> int:
     overrides = dict(config_flags.get_override_values(FLAGS["config"]))
     command = "python -m menet_jax.study " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
+        spec = config_flags.get_config_filename(FLAGS["config"])
         out = run_study(names[0], FLAGS.config, FLAGS.workdir, overrides=overrides,
-                        command=command)  # fmt: skip
+                        command=command, config_spec=spec)  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume (finished models and points "
               "are kept)", file=sys.stderr)  # fmt: skip

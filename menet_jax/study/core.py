@@ -63,6 +63,9 @@ class Point:
       model_of: evaluate the model of that point instead of training base + overrides.
       transfer: set eval.transfer.source_workdir to the cached vanilla model (unless the user
         gave one).
+      variant: train as the base config file's variant of that name does (`madry` for
+        `configs/X.py:madry`): the training keys the variant changes (`variant_overrides`) are
+        applied before `overrides`; needs the base config's file (`plan(config_spec=...)`).
     """
 
     name: str
@@ -70,6 +73,7 @@ class Point:
     values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     model_of: str | None = None
     transfer: bool = False
+    variant: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,23 @@ class Column:
 
     label: str
     row: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Quoted:
+    """A row of figures quoted from the paper, not run here: shown under the table, marked as
+    quoted, never plotted.
+
+    Attributes:
+      name: the row's name (`Thermometer`).
+      source: where the figures come from (`supplement Table 11, CIFAR-10, from Athalye et al.`).
+      cells: its text per column label or point-value key (`{"PGD-100": "9.0%"}`); the columns it
+        lacks read "not reported".
+    """
+
+    name: str
+    source: str
+    cells: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +141,7 @@ class Study:
       paper_adversarial: the paper's figures came from adversarially trained models.
       pictures: a picture-only study (no evaluation): `fn(config, model_dirs, png_path)` ->
         (header, rows, data) for the table, given each point's trained model dir.
+      quoted: rows of the paper's figures shown beside the points' (`Quoted`).
     """
 
     name: str
@@ -134,6 +156,7 @@ class Study:
     plot: Lines | Bars | None = None
     paper_adversarial: bool = False
     pictures: Callable | None = None
+    quoted: tuple[Quoted, ...] = ()
 
 
 STUDIES: dict[str, Study] = {}
@@ -231,6 +254,29 @@ def vanilla_config(config):
     return c
 
 
+def _flat(config, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def variant_overrides(config_spec: str, variant: str) -> dict:
+    """The training keys that `configs/X.py[:A]`'s variant `variant` changes, as overrides:
+    `configs/X.py:A,variant` against `configs/X.py:A`, without the `eval` section (a point's
+    evaluation stays the study's)."""
+    from menet_jax.config import load_config
+
+    path, _, arg = config_spec.partition(":")
+    plain = _flat(load_config(config_spec))
+    varied = _flat(load_config(f"{path}:{arg + ',' if arg else ''}{variant}"))
+    return {k: v for k, v in varied.items()
+            if not k.startswith("eval.") and plain.get(k) != v}  # fmt: skip
+
+
 def _resolve(value, config):
     return value(config) if callable(value) else value
 
@@ -252,8 +298,18 @@ class Planned:
     source: str | None = None
 
 
-def plan(study: Study, config, workdir: str, overrides: Mapping[str, Any] | None = None):
+def plan(
+    study: Study,
+    config,
+    workdir: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_spec: str | None = None,
+):
     """The study's points with their configs and models, and the models to train.
+
+    `config_spec` is the file `config` came from (`configs/mnist_demo.py[:variant]`), which a
+    point with a `variant` needs.
 
     Returns:
       (base config, [Planned], {hash: training config}) with the models in first-use order.
@@ -268,6 +324,17 @@ def plan(study: Study, config, workdir: str, overrides: Mapping[str, Any] | None
             raise ConfigError(f"study {study.name!r}: point name {p.name!r} is not a unique "
                               "folder name (letters, digits, _.+-)")  # fmt: skip
     by_name = {p.name: p for p in points}
+    for p in points:
+        if p.variant is not None:
+            if not config_spec:
+                raise ConfigError(
+                    f"study {study.name!r}: point {p.name!r} trains as the config file's "
+                    f"{p.variant!r} variant, so the study needs the config file "
+                    "(--config=configs/X.py, or run_study(config_spec=...))"
+                )
+            own = {**variant_overrides(config_spec, p.variant), **p.overrides}
+            by_name[p.name] = dataclasses.replace(p, overrides=own, variant=None)
+    points = [by_name[p.name] for p in points]
     models: dict[str, ml_collections.ConfigDict] = {}
     out = []
     user_source = base.eval.transfer.source_workdir

@@ -7,6 +7,7 @@ per-example worst case over the point's counted rows); nothing is recomputed her
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -14,6 +15,7 @@ import os
 from menet_jax.study import core
 
 MISSING = "—"
+NOT_REPORTED = "not reported"
 
 
 def pyplot():
@@ -69,6 +71,7 @@ def table(study: core.Study, entries: list[core.Planned], workdir: str) -> list[
             "transfer_source": f"models/{e.source}" if e.source else None,
             "results": os.path.relpath(path, workdir),
             "evaluation_seconds": results.get("budgets", {}).get("total_seconds"),
+            "adversarially_trained": bool(e.config.adv.enabled),
             "cells": cells,
         })  # fmt: skip
     return out
@@ -101,9 +104,12 @@ def recorded_seconds(workdir: str, entries: list[core.Planned], records: list[di
     }
 
 
-def _header(study: core.Study, base, run: dict) -> list[str]:
+def _header(study: core.Study, base, run: dict, records: list[dict] = ()) -> list[str]:
     adv = bool(base.adv.enabled)
     trained = "adversarially trained ME-Net (adv.enabled)" if adv else "pure ME-Net"
+    own = [r["name"] for r in records if r.get("adversarially_trained", adv) != adv]
+    if own:  # points whose own overrides turn adversarial training on or off
+        trained += f" (but {', '.join(own)}: {'not ' if adv else ''}adversarially trained)"
     lines = [
         f"# {study.title}",
         "",
@@ -137,7 +143,7 @@ def markdown(study, base, run: dict, records: list[dict]) -> str:
     """NAME.md: the header, the table (one row per point) and how to read it."""
     keys = list(dict.fromkeys(k for r in records for k in r["values"]))
     labels = ["clean", "headline"] + [c.label for c in study.columns]
-    lines = _header(study, base, run) + [""]
+    lines = _header(study, base, run, records) + [""]
     lines.append("| point | " + " | ".join(keys + labels) + " |")
     lines.append("|---" * (1 + len(keys) + len(labels)) + "|")
     for r in records:
@@ -146,6 +152,10 @@ def markdown(study, base, run: dict, records: list[dict]) -> str:
         lines.append(
             f"| [{r['name']}]({r['results'][:-5]}.md) | " + " | ".join(vals + cells) + " |"
         )
+    for q in study.quoted:
+        vals = [q.cells.get(k, "") for k in keys]
+        cells = [q.cells.get(lab, NOT_REPORTED) for lab in labels]
+        lines.append(f"| {q.name} (quoted) | " + " | ".join(vals + cells) + " |")
     heads = {tuple(r["cells"]["headline"]["rows"]) for r in records}
     rows_text = "; ".join(", ".join(h) for h in sorted(heads))
     lines += [
@@ -157,6 +167,11 @@ def markdown(study, base, run: dict, records: list[dict]) -> str:
         + "; ".join(f"{c.label} = `{c.row}`" for c in study.columns)
         + f". {MISSING}: the row does not apply to that point (see its results.md).",
     ]
+    if study.quoted:
+        lines += ["", "Rows marked (quoted) are the paper's figures, not run here and not "
+                  "comparable cell by cell (the paper's models, training and attack code; "
+                  f"{NOT_REPORTED}: the paper gives none): " + "; ".join(
+                      f"{q.name}, {q.source}" for q in study.quoted) + "."]  # fmt: skip
     if run["overrides"]:
         lines += ["", "Command-line overrides: " + ", ".join(
             f"`{k}={v!r}`" for k, v in run["overrides"].items()) + "."]  # fmt: skip
@@ -182,6 +197,7 @@ def write(study, base, entries, workdir: str, run: dict, *, pictures=None) -> di
         out["recorded"] = run["recorded"]
         out["columns"] = {c.label: c.row for c in study.columns}
         out["points"] = records
+        out["quoted"] = [dataclasses.asdict(q) for q in study.quoted]
         text = markdown(study, base, run, records)
         out["png"] = plot(study, records, os.path.join(workdir, f"{study.name}.png"))
     else:
@@ -255,7 +271,7 @@ def _lines(plt, spec: core.Lines, records: list[dict]):
 
 
 def _bars(plt, spec: core.Bars, records: list[dict]):
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(records) * len(spec.columns) / 2), 4.2))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.6 * len(records) * len(spec.columns))), 4.2))
     width = 0.8 / len(spec.columns)
     for j, col in enumerate(spec.columns):
         for i, r in enumerate(records):

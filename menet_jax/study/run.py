@@ -25,6 +25,7 @@ def run_study(
     *,
     overrides: Mapping[str, Any] | None = None,
     command: str | None = None,
+    config_spec: str | None = None,
 ) -> dict:
     """Runs study `name` on base `config` in `workdir`: trains the models it needs (cached in
     DIR/models), evaluates every unfinished point, writes DIR/NAME.md, .json and .png.
@@ -36,6 +37,8 @@ def run_study(
       overrides: dotted config overrides applied after the study's defaults (what
         `--config.KEY=VALUE` does on the command line).
       command: the command recorded in NAME.md (default: a Python call).
+      config_spec: the file `config` came from (`configs/mnist_demo.py[:variant]`), needed by
+        points that train as one of its variants (`Point.variant`).
 
     Returns:
       The content of DIR/NAME.json.
@@ -50,7 +53,7 @@ def run_study(
             "models' checkpoints, which a bucket cannot hold; copy the folder to the bucket after"
         )
     t0 = time.time()
-    base, entries, models = plan(study, config, workdir, overrides)
+    base, entries, models = plan(study, config, workdir, overrides, config_spec=config_spec)
     for e in entries:
         validate(e.config)
         validate_eval(e.config.eval)
