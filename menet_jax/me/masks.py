@@ -28,6 +28,23 @@ def check_p(p: Any) -> None:
         raise ValueError(f"p must be in (0, 1] (a scalar or one value per example); got {p!r}.")
 
 
+def images_and_mask(images: Any, mask: Any) -> tuple[jax.Array, jax.Array]:
+    """float32 images [B, H, W, C] (or [H, W, C]) and a mask of the same shape.
+
+    Raises:
+      ValueError: images of fewer than 3 dimensions, or a mask of another shape.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    mask = jnp.asarray(mask, jnp.float32)
+    if images.ndim < 3:
+        raise ValueError(f"images must be [B, H, W, C] or [H, W, C]; got shape {images.shape}.")
+    if mask.shape != images.shape:
+        raise ValueError(
+            f"mask must have the same shape as images {images.shape}; got {mask.shape}."
+        )
+    return images, mask
+
+
 def sample_mask(
     key: jax.Array, shape: Sequence[int], p: Any, *, channels: str = "concat"
 ) -> jax.Array:

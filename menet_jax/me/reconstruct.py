@@ -83,14 +83,7 @@ def apply_method(
 ) -> jax.Array:
     """`reconstruct` with a `methods.Method` in place of its name."""
     masks.check_channels(channels)
-    images = jnp.asarray(images, jnp.float32)
-    mask = jnp.asarray(mask, jnp.float32)
-    if images.ndim < 3:
-        raise ValueError(f"images must be [B, H, W, C] or [H, W, C]; got shape {images.shape}.")
-    if mask.shape != images.shape:
-        raise ValueError(
-            f"mask must have the same shape as images {images.shape}; got {mask.shape}."
-        )
+    images, mask = masks.images_and_mask(images, mask)
     if method.solve is None:
         if solver_options:
             raise ValueError(

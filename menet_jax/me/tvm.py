@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from menet_jax.me import masks
+
 # Guo et al.'s defaults (adversarial/lib/constants.py of facebookresearch/
 # adversarial_image_defenses): TVM_WEIGHT = 0.03, PIXEL_DROP_RATE = 0.5.
 TVM_WEIGHT = 0.03
@@ -174,14 +176,7 @@ def tv_minimize(
       ValueError: bad weight or iterations, or shapes that differ or are not [..., H, W, C].
     """
     check_tvm_options(weight=weight, iterations=iterations)
-    images = jnp.asarray(images, jnp.float32)
-    mask = jnp.asarray(mask, jnp.float32)
-    if images.ndim < 3:
-        raise ValueError(f"images must be [B, H, W, C] or [H, W, C]; got shape {images.shape}.")
-    if mask.shape != images.shape:
-        raise ValueError(
-            f"mask must have the same shape as images {images.shape}; got {mask.shape}."
-        )
+    images, mask = masks.images_and_mask(images, mask)
     return _tv_minimize(
         images,
         mask,
