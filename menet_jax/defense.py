@@ -22,11 +22,6 @@ from menet_jax import preprocess
 # The p's and options of a config, as `menet_jax.preprocess` defines them.
 
 
-def solver_options(me_config: ml_collections.ConfigDict) -> dict:
-    """The keyword options the configured method takes (`preprocess.Method.options`)."""
-    return dict(preprocess.from_config(me_config).options)
-
-
 def training_ps(me_config: ml_collections.ConfigDict) -> np.ndarray:
     """The n observation probabilities of Algorithm 1 (one per mask); [1.0] without ME."""
     return preprocess.from_config(me_config).training_ps()

@@ -34,26 +34,6 @@ _NOT_IN_FINGERPRINT = ("mode", "votes", "inference_p", "sprime_dir")
 quantize = preprocess.quantize  # the uint8 grid S' is stored on
 
 
-def reconstruct_examples(
-    me_config: ml_collections.ConfigDict,
-    seed: int,
-    images: jax.Array,
-    image_idx: jax.Array,
-    copy_idx: jax.Array,
-) -> jax.Array:
-    """S' entries for a batch: each image masked with its (i, k) key at p_k, then ME, quantized
-    (`preprocess.Preprocessor.examples`).
-
-    Args:
-      me_config: the `me` config section.
-      seed: the run's seed.
-      images: float [B,H,W,C] in [0,1], the training images i.
-      image_idx: int [B], the image indices i.
-      copy_idx: int [B], the copy indices k in [0, n).
-    """
-    return preprocess.from_config(me_config).examples(seed, images, image_idx, copy_idx)
-
-
 def fingerprint(config: ml_collections.ConfigDict, num_train: int) -> str:
     """A short hash of everything the cached S' of this run depends on."""
     me_keys = {k: v for k, v in config.me.to_dict().items() if k not in _NOT_IN_FINGERPRINT}

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from menet_jax import attacks, defense, input_pipeline, me, recipe
+from menet_jax import attacks, defense, input_pipeline, me, preprocess, recipe
 from tests.test_train import tiny_config
 
 
@@ -76,11 +76,15 @@ def test_vote_soft_is_the_log_of_the_mean_probability_over_the_vote_masks(clf, i
 
 def test_solver_options_reach_both_iterative_solvers():
     c = tiny_config(**{"me.method": "nucnorm", "me.tol": 1e-4, "me.max_iters": 30})
-    assert defense.solver_options(c.me) == {"mu": 1.0, "max_iters": 30, "tol": 1e-4}
+    assert dict(preprocess.from_config(c.me).options) == {"mu": 1.0, "max_iters": 30, "tol": 1e-4}
     c.me.accelerated = False  # reaches nucnorm too (None keeps each solver's default)
-    assert defense.solver_options(c.me)["accelerated"] is False
+    assert dict(preprocess.from_config(c.me).options)["accelerated"] is False
     c.me.method, c.me.accelerated = "softimpute", True
-    assert defense.solver_options(c.me) == {"max_iters": 30, "tol": 1e-4, "accelerated": True}
+    assert dict(preprocess.from_config(c.me).options) == {
+        "max_iters": 30,
+        "tol": 1e-4,
+        "accelerated": True,
+    }
 
 
 def test_bpda_gradient_is_the_network_gradient_at_the_reconstruction(clf, images):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from menet_jax import adversarial, checkpoint, defense, me, recipe, rng, sprime, train
+from menet_jax import adversarial, checkpoint, defense, me, preprocess, recipe, rng, sprime, train
 from menet_jax.config import ConfigError, load_config
 from menet_jax.config import validate as validate_config
 from menet_jax.evaluation.settings import validate_eval
@@ -121,8 +121,8 @@ def test_sprime_offline_equals_online_reconstruction(tmp_path):
     assert cached.shape == (36, 28, 28, 1) and cached.dtype == np.uint8
     e = np.array([0, 4, 17, 35])
     i, k = e // 3, e % 3
-    online = sprime.reconstruct_examples(
-        c.me, c.seed, jnp.asarray(data.train_images[i], jnp.float32) / 255.0, i, k
+    online = preprocess.from_config(c.me).examples(
+        c.seed, jnp.asarray(data.train_images[i], jnp.float32) / 255.0, i, k
     )
     online_u8 = np.round(np.asarray(online) * 255.0)
     np.testing.assert_allclose(np.asarray(online) * 255.0, online_u8, atol=1e-3)  # on the grid
