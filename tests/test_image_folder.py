@@ -109,7 +109,9 @@ def test_test_order_mixes_classes_and_is_fixed(tmp_path):
     np.testing.assert_array_equal(again, y)  # the same order from the cache
 
 
-def test_second_load_reads_the_cache_and_a_changed_folder_is_read_again(tmp_path, monkeypatch):
+def test_second_load_reads_the_cache_and_a_changed_folder_is_read_again(
+    tmp_path, monkeypatch, cache_dir
+):
     root = make_folder(tmp_path / "photos")
     first = input_pipeline.load_split("image_folder", "train", data_dir=str(root))
     image_folder._MEMO.clear()
@@ -120,15 +122,18 @@ def test_second_load_reads_the_cache_and_a_changed_folder_is_read_again(tmp_path
     def no_rescan(root):
         raise AssertionError(f"listed {root} again although nothing in it changed")
 
-    monkeypatch.setattr(image_folder, "_decode", no_decoding)
-    monkeypatch.setattr(image_folder, "scan", no_rescan)
-    second = input_pipeline.load_split("image_folder", "train", data_dir=str(root))
+    # Patched in a context of their own: monkeypatch.undo() would also undo the autouse fixture's
+    # MENET_CACHE, and the load below would then write into the user's real cache.
+    with monkeypatch.context() as patch:
+        patch.setattr(image_folder, "_decode", no_decoding)
+        patch.setattr(image_folder, "scan", no_rescan)
+        second = input_pipeline.load_split("image_folder", "train", data_dir=str(root))
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
-    monkeypatch.undo()
     _write(root / "train" / "ant" / "999.png", _image("ant", 99), "PNG")
     x, _ = input_pipeline.load_split("image_folder", "train", data_dir=str(root))
     assert len(x) == 19
+    assert len(list((cache_dir / "image_folder").iterdir())) == 2  # both versions, cached here
 
 
 def test_grayscale_folder(tmp_path):
