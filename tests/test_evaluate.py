@@ -120,7 +120,9 @@ def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, wo
             assert arrays[f"adversarial/{name}"].shape[1:] == (N, 28, 28, 1)
 
 
-def test_crosscheck_adds_an_independent_attack_to_the_same_headline(me_report, workdirs):
+def test_crosscheck_adds_an_independent_attack_to_the_same_headline(
+    me_report, workdirs, monkeypatch
+):
     from menet_jax.evaluation import crosscheck
 
     out = crosscheck.run(workdirs[0], steps=2, eot=2, batch_size=N)
@@ -129,6 +131,18 @@ def test_crosscheck_adds_an_independent_attack_to_the_same_headline(me_report, w
     assert sorted(out["rows"]) == ["crosscheck_ce_bpda", "crosscheck_margin_bpda"]
     assert 0 <= out["headline_after"] <= 1
     assert os.path.exists(os.path.join(workdirs[0], "crosscheck.json"))
+    assert not out["reused"]
+
+    # Run again with the same attack: the stored variants are reused, not attacked again.
+    def no_attack(*args, **kwargs):
+        raise AssertionError("attacked again although crosscheck.npz holds the same variants")
+
+    monkeypatch.setattr(crosscheck, "momentum_attack", no_attack)
+    again = crosscheck.run(workdirs[0], steps=2, eot=2, batch_size=N)
+    assert again["reused"] and again["headline_after"] == out["headline_after"]
+    assert again["rows"] == out["rows"]
+    with pytest.raises(AssertionError, match="attacked again"):  # another attack is run
+        crosscheck.run(workdirs[0], steps=3, eot=2, batch_size=N)
 
 
 def test_eps0_row_equals_clean(me_report):

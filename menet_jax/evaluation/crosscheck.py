@@ -10,8 +10,9 @@ with EOT), with each of the losses cross-entropy and margin and each gradient ru
 variant on the evaluation's own judging draws (R measure + R select, `suite.judging_keys`), adds
 the variants to the counted rows stored in WORKDIR/results.npz and recomputes the headline with
 the same estimator (`protocol.headline`). It prints both headlines, the drop in points and which
-variants moved examples, and writes WORKDIR/crosscheck.json. A drop of more than a few points
-means the suite's rows miss an attack the model is weak to.
+variants moved examples, and writes WORKDIR/crosscheck.json and the variants' judging draws to
+WORKDIR/crosscheck.npz; run again with the same attack after a re-evaluation, it reuses them. A
+drop of more than a few points means the suite's rows miss an attack the model is weak to.
 """
 
 from __future__ import annotations
@@ -105,8 +106,12 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     }
     before = protocol.headline(rows)
     attack_stream = rng.stream(clf.config.seed, rng.CROSSCHECK)
-    extra, seconds = {}, {}
-    for gradient in gradients:
+    params = {"steps": steps, "eot": eot, "eps": eps, "gradients": list(gradients)}
+    # What the variants' draws depend on: the attack, the examples and draws, the ME evaluated.
+    signature = {**params, "n": n, "eval_keys": R, "seed": int(clf.config.seed),
+                 "batch_size": batch_size, "me": results["me"]}  # fmt: skip
+    extra, seconds = _stored(workdir, signature, R), {}
+    for gradient in gradients if not extra else ():
         logits_fn = model.clf.logits_fn("menet", gradient=gradient)  # ME per device
         for loss in ("ce", "margin"):
             name = f"crosscheck_{loss}_{gradient}"
@@ -123,6 +128,10 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
             extra[name] = {"selection": [correct[R:]], "measurement": [correct[:R]]}
             rate = protocol.rates(correct[:R]).mean()
             print(f"{name}: accuracy {rate:.4f} on {n} examples", file=sys.stderr)
+    if seconds:  # attacked now: keep the draws (bool [1, 2R, n], as results.npz's) for a rerun
+        draws = {f"draws/{k}": np.concatenate([*v["measurement"], *v["selection"]])[None]
+                 for k, v in extra.items()}  # fmt: skip
+        paths.save_npz(_npz(workdir), attack=json.dumps(signature, sort_keys=True), **draws)
     after = protocol.headline({**rows, **extra})
     decided = {k: after["decided_by"].count(k) for k in sorted(set(after["decided_by"]))}
     out = {
@@ -131,7 +140,8 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
         "drop_points": round(100 * (before["accuracy"] - after["accuracy"]), 2),
         "n": n,
         "eval_keys": R,
-        "attack": {"steps": steps, "eot": eot, "eps": eps, "gradients": list(gradients)},
+        "attack": params,
+        "reused": not seconds,
         "rows": {
             k: round(float(protocol.rates(v["measurement"][0]).mean()), 4) for k, v in extra.items()
         },
@@ -140,6 +150,27 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     }
     paths.write_text(paths.join(workdir, "crosscheck.json"), json.dumps(out, indent=2))
     return out
+
+
+def _npz(workdir: str) -> str:
+    return paths.join(workdir, "crosscheck.npz")
+
+
+def _stored(workdir: str, signature: dict, R: int) -> dict:
+    """The variants' judging draws from an earlier cross-check of WORKDIR with the same attack,
+    examples and draws (crosscheck.npz), as {name: {"selection", "measurement"}}; {} if none.
+
+    The attack and its draws do not depend on the evaluation's rows, so after a re-evaluation
+    (other budgets, more rows) the headline is recomputed against the stored variants."""
+    if not paths.exists(_npz(workdir)):
+        return {}
+    stored = paths.load_npz(_npz(workdir))
+    if str(stored["attack"]) != json.dumps(signature, sort_keys=True):
+        return {}
+    print(f"reusing the cross-check's variants stored in {_npz(workdir)}", file=sys.stderr)
+    return {
+        k.split("/", 1)[1]: protocol.split_draws(v, R) for k, v in stored.items() if k != "attack"
+    }
 
 
 def _options() -> cli.Options:
