@@ -119,7 +119,7 @@ def test_report_figures_follow_the_candidate_each_figure_chose(tmp_path):
         and "| Row | Examples | Single draw | All 1 | All 3 |" in md
     )
     assert "| **headline** | 4 | " in md and "50.00% (" in md
-    assert "on all 3" in md.split("## Correct")[0]  # the line under the headline
+    assert "N = 3: 50.00%" in md.split("## Correct")[0]  # the line under the headline
     plots.plot_rows(out, str(tmp_path / "rows.png"))
     assert (tmp_path / "rows.png").stat().st_size > 0
 

@@ -100,7 +100,7 @@ def headline_sentence(report: dict) -> list[str]:
     h, meta = report["headline"], report.get("n_eval")
     if not meta or "all_draws" not in h:
         return []
-    parts = [f"{_cell(h['all_draws'][str(n)])} on all {n}" for n in meta["n"]]
+    parts = [f"N = {n}: {_cell(h['all_draws'][str(n)])}" for n in meta["n"]]
     return [
         "Correct on all N fresh draws of the same image (an attacker who resubmits it N times, "
         "a stream of N frames; docs/method.md §6.8): " + "; ".join(parts) + ".",

@@ -214,9 +214,12 @@ def _mark_all_draws(ax, report: dict, entries: list[tuple[str, dict]]) -> list:
             marker = ALL_DRAWS_MARKERS[ns.index(n) % len(ALL_DRAWS_MARKERS)]
             ax.plot([acc], [i], marker, color="black", ms=3.5, mfc="white", mew=0.8, zorder=4)
     head = _all_draws(report.get("headline") or {})
-    for n, acc in head:
+    for n, acc in head:  # a dotted line per N, its N's marker on the top edge
+        ns += [] if n in ns else [n]
+        marker = ALL_DRAWS_MARKERS[ns.index(n) % len(ALL_DRAWS_MARKERS)]
         ax.axvline(acc, color=HEADLINE_COLOUR, ls=":", lw=1.0)
-        ax.text(acc, -0.6, f"all {n}", color=HEADLINE_COLOUR, fontsize=6, ha="center")
+        ax.plot([acc], [1.0], marker, color=HEADLINE_COLOUR, ms=4, mfc="white",
+                transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
     handles = [
         Line2D([], [], ls="", marker=ALL_DRAWS_MARKERS[k % len(ALL_DRAWS_MARKERS)],
                color="black", mfc="white", ms=4, label=f"correct on all {n} draws")

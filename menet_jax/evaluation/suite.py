@@ -540,12 +540,13 @@ def evaluate(
     data = (x_all, y_all, judging_keys(run.seed, int(ev.eval_keys)))
 
     plan = plan_rows(ev, groups, model, source, n_all)
-    eval_settings = json.loads(ev.to_json())
+    eval_settings, run_settings = json.loads(ev.to_json()), json.loads(run.to_json())
     eval_settings.pop("attacks")
-    eval_settings.pop("n_eval")  # a finished row lacking the N-evaluation's draws gets them
+    for d in (eval_settings, run_settings["eval"]):  # a finished row gets the N-evaluation's
+        d.pop("n_eval")  # draws when it lacks them: n_eval changes none of its own results
     store = _Store(workdir, {
         "eval": eval_settings, "step": clf.step, "inference_p": clf.inference_p, "votes": votes,
-        "run": json.loads(run.to_json()), "eval_batch_size": config.eval_batch_size,
+        "run": run_settings, "eval_batch_size": config.eval_batch_size,
         "source": [source_dir, source.clf.step] if source else None, "n_all": n_all,
     })  # fmt: skip
     results, seconds, resumed, runtime = run_plan(
