@@ -122,6 +122,8 @@ def test_report_figures_follow_the_candidate_each_figure_chose(tmp_path):
     assert "N = 3: 50.00%" in md.split("## Correct")[0]  # the line under the headline
     plots.plot_rows(out, str(tmp_path / "rows.png"))
     assert (tmp_path / "rows.png").stat().st_size > 0
+    scalars = plots.eval_scalars(out)
+    assert scalars["eval/headline_all_1"] == 1.0 and scalars["eval/headline_all_3"] == 0.5
 
 
 def test_report_without_n_evaluation_has_no_all_n_figures(tmp_path):

@@ -309,11 +309,14 @@ def write_figures(report: dict, outdir: str) -> list[str]:
 
 
 def eval_scalars(report: dict) -> dict[str, float]:
-    """eval/headline, then eval/<row> for every row with an accuracy (eval/clean first)."""
+    """eval/headline, eval/headline_all_<N> (correct on all N draws, docs/method.md §6.8), then
+    eval/<row> for every row with an accuracy (eval/clean first)."""
     out = {}
     head, _ = _headline(report)
     if head is not None:
         out["eval/headline"] = head
+    for n, acc in _all_draws(report.get("headline") or {}):
+        out[f"eval/headline_all_{n}"] = acc
     for name, entry in rows(report):
         out[f"eval/{name}"] = float(entry["accuracy"])
     return out

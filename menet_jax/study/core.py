@@ -49,7 +49,6 @@ NOT_TRAINING = (
 )  # fmt: skip
 # Keys a point's evaluation depends on beside its model (`evaluation.evaluate` reads these).
 EVAL_KEYS = ("eval", "me.votes", "me.inference_p", "eval_batch_size")
-_N_EVAL_DEFAULT = (1, 5, 20)  # evaluation.settings' default of eval.n_eval
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -411,7 +410,9 @@ def fingerprint(entry: Planned) -> dict:
         ev["eval"]["transfer"]["source_workdir"] = f"models/{entry.source}"
     # Added after points were evaluated; dropped at its default so finished points stay
     # finished (it adds the all-N figures, docs/method.md §6.8, and changes no other figure).
-    if ev["eval"].get("n_eval") == list(_N_EVAL_DEFAULT):
+    from menet_jax.evaluation.settings import COMMON
+
+    if ev["eval"].get("n_eval") == list(COMMON["n_eval"].default):
         del ev["eval"]["n_eval"]
     return {"model": entry.model, "source": entry.source, "evaluation": ev}
 
