@@ -487,6 +487,8 @@ def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
         data["me"].setdefault("sprime_dir", None)
         data["me"].setdefault("tv_weight", 0.03)
         data["me"].setdefault("tv_iterations", 300)
+    if isinstance(data.get("eval"), dict):  # the N-evaluation (evaluation.settings' default)
+        data["eval"].setdefault("n_eval", [1, 5, 20])
     data.setdefault("lr_schedule", "step")
     data.setdefault("lr_warmup_fraction", 0.1)
     return ml_collections.ConfigDict(data)

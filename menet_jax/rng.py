@@ -25,6 +25,10 @@ CROSSCHECK = 2**31 - 8  # the independent attack of `evaluation.crosscheck`, per
 # judges with, and that network-only attacks reconstruct with.
 FIXED_MASK = 2**20
 
+# Sub-stream of the judging root (JUDGE) for the draws r = 0..max(N)-1 of the N-evaluation
+# (docs/method.md §6.8): the 2R judging draws fold in r < 2R, far below it, never the same key.
+ALL_DRAWS = 2**30
+
 
 def stream(seed: int, stream_id: int) -> jax.Array:
     """The root key of one stream: fold_in(key(seed), stream_id)."""

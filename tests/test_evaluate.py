@@ -76,7 +76,7 @@ def test_report_has_every_row_check_and_budget(me_report, workdirs):
     assert sorted(r["checks"]) == sorted(EXPECTED_CHECKS)
     with open(os.path.join(workdirs[0], "results.json")) as f:
         assert json.load(f) == json.loads(json.dumps(r))  # JSON-serialisable, written as is
-    assert r["schema_version"] == 4
+    assert r["schema_version"] == 5
     accs = [r["clean"]["accuracy"], r["headline"]["accuracy"]]
     accs += [a["accuracy"] for a in r["attacks"].values()]
     assert all(0 <= a <= 1 for a in accs)
@@ -118,6 +118,16 @@ def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, wo
     for name in h["decided_by"]:  # the images that decide the headline are kept
         if name != "clean":
             assert arrays[f"adversarial/{name}"].shape[1:] == (N, 28, 28, 1)
+    # The N-evaluation (docs/method.md §6.8): counted rows and the headline, flags per example.
+    assert r["n_eval"] == {"n": [1, 5, 20], "draws": 20, "randomized": True}
+    for name, entry in [("headline", h), ("clean", r["clean"]), *r["attacks"].items()]:
+        if name != "headline" and not entry["in_headline"]:
+            assert "all_draws" not in entry and f"all_draws/{name}" not in arrays, name
+            continue
+        flags = arrays[f"all_draws/{name}"]
+        assert flags.shape == (3, N) and np.all(flags[1:] <= flags[:-1]), name
+        for k, n_draws in enumerate(("1", "5", "20")):
+            assert entry["all_draws"][n_draws]["accuracy"] == round(float(flags[k].mean()), 4)
 
 
 def test_crosscheck_adds_an_independent_attack_to_the_same_headline(
@@ -180,6 +190,11 @@ def test_vanilla_large_eps_pgd_and_missing_me(workdirs):
     # A deterministic model: every draw gives the same logits.
     assert r["checks"]["randomness"]["status"] == "PASS"
     assert r["checks"]["randomness"]["value"] == 0.0
+    # Every draw the same: correct on all N draws is the single-draw figure.
+    assert r["n_eval"]["randomized"] is False
+    assert {f["accuracy"] for f in r["headline"]["all_draws"].values()} == {
+        r["headline"]["accuracy"]
+    }
 
 
 def test_clean_only_is_clean_only(workdirs):
@@ -517,8 +532,10 @@ def test_a_killed_evaluation_resumes_at_the_first_unfinished_row(me_report, work
         return real(row, *args, **kwargs)
 
     monkeypatch.setattr(suite, "run_row", killed_after_three)
+    c.eval.n_eval = ()  # rows finished without the N-evaluation's draws get them on resuming
     with pytest.raises(KeyboardInterrupt):
         evaluation.evaluate(c, workdirs[0])
+    c.eval.n_eval = (1, 5, 20)
     assert ran == ["clean", "fgsm", "pgd_3"]
     ran.clear()
 
@@ -533,6 +550,8 @@ def test_a_killed_evaluation_resumes_at_the_first_unfinished_row(me_report, work
     assert ran == ["pgd_long_5", "vote_clean", "vote_pgd_3", "vote_apgd_ce"]
     for name, a in again["attacks"].items():  # the uninterrupted evaluation's figures
         assert a["accuracy"] == me_report["attacks"][name]["accuracy"], name
+        assert a.get("all_draws") == me_report["attacks"][name].get("all_draws"), name
+    assert again["clean"]["all_draws"] == me_report["clean"]["all_draws"]
     assert not os.path.exists(os.path.join(workdirs[0], "eval_partial"))
 
 

@@ -83,7 +83,7 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     if not paths.exists(report_path):
         raise FileNotFoundError(f"{report_path} does not exist; run --mode=eval first")
     results = json.loads(paths.read_text(report_path))
-    if results.get("schema_version") not in (2, 3, report.RESULTS_SCHEMA_VERSION):
+    if results.get("schema_version") not in (2, 3, 4, report.RESULTS_SCHEMA_VERSION):
         raise ValueError(f"{report_path} is from another results schema; re-run --mode=eval")
     stored = paths.load_npz(paths.join(workdir, "results.npz"))
     head, R = results["headline"], int(results["eval_keys"])

@@ -192,9 +192,52 @@ def plot_accuracy_vs_eps(report: dict, path: str) -> bool:
     return True
 
 
+ALL_DRAWS_MARKERS = ("o", "D", "v", "s", "^", "P")
+
+
+def _all_draws(entry: dict) -> list[tuple[str, float]]:
+    """(N, accuracy) of an entry's correct-on-all-N figures (docs/method.md §6.8), if any."""
+    found = entry.get("all_draws") if isinstance(entry.get("all_draws"), dict) else {}
+    out = [(n, _number((f or {}).get("accuracy"))) for n, f in found.items()]
+    return [(n, a) for n, a in out if a is not None]
+
+
+def _mark_all_draws(ax, report: dict, entries: list[tuple[str, dict]]) -> list:
+    """Marks on each row's bar its fraction correct on all N draws, the headline's as dotted
+    red lines; returns the legend's handles (none without N-evaluation figures)."""
+    from matplotlib.lines import Line2D
+
+    ns = []
+    for i, (_, entry) in enumerate(entries):
+        for n, acc in _all_draws(entry):
+            ns += [] if n in ns else [n]
+            marker = ALL_DRAWS_MARKERS[ns.index(n) % len(ALL_DRAWS_MARKERS)]
+            ax.plot([acc], [i], marker, color="black", ms=3.5, mfc="white", mew=0.8, zorder=4)
+    head = _all_draws(report.get("headline") or {})
+    for n, acc in head:  # a dotted line per N, its N's marker on the top edge
+        ns += [] if n in ns else [n]
+        marker = ALL_DRAWS_MARKERS[ns.index(n) % len(ALL_DRAWS_MARKERS)]
+        ax.axvline(acc, color=HEADLINE_COLOUR, ls=":", lw=1.0)
+        ax.plot([acc], [1.0], marker, color=HEADLINE_COLOUR, ms=4, mfc="white",
+                transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
+    handles = [
+        Line2D([], [], ls="", marker=ALL_DRAWS_MARKERS[k % len(ALL_DRAWS_MARKERS)],
+               color="black", mfc="white", ms=4, label=f"correct on all {n} draws")
+        for k, n in enumerate(ns)
+    ]  # fmt: skip
+    if head:
+        text = ", ".join(f"{n}: {acc:.1%}" for n, acc in head)
+        handles.append(
+            Line2D([], [], color=HEADLINE_COLOUR, ls=":", label=f"headline, all N ({text})")
+        )
+    return handles
+
+
 def plot_rows(report: dict, path: str) -> None:
     """Every row side by side: a bar of accuracy with its 95% interval, coloured by whether it
-    counts toward the headline, labelled with the accuracy and n; the headline as a line."""
+    counts toward the headline, labelled with the accuracy and n; the headline as a line. Where
+    the report has them, each counted row's fraction correct on all N draws is marked on its bar
+    and the headline's is a dotted line per N (docs/method.md §6.8)."""
     entries = rows(report)
     plt = _pyplot()
     n_rows = max(len(entries), 1)
@@ -244,6 +287,7 @@ def plot_rows(report: dict, path: str) -> None:
     if head is not None:
         line = Line2D([], [], color=HEADLINE_COLOUR, ls="--", label=f"headline {head:.1%}")
         handles.insert(2, line)
+    handles += _mark_all_draws(ax, report, entries)
     fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=4)
     ax.set_title(_title(report, "Accuracy per row"), fontsize=10)
     paths.savefig(fig, path, dpi=120)
@@ -265,11 +309,14 @@ def write_figures(report: dict, outdir: str) -> list[str]:
 
 
 def eval_scalars(report: dict) -> dict[str, float]:
-    """eval/headline, then eval/<row> for every row with an accuracy (eval/clean first)."""
+    """eval/headline, eval/headline_all_<N> (correct on all N draws, docs/method.md §6.8), then
+    eval/<row> for every row with an accuracy (eval/clean first)."""
     out = {}
     head, _ = _headline(report)
     if head is not None:
         out["eval/headline"] = head
+    for n, acc in _all_draws(report.get("headline") or {}):
+        out[f"eval/headline_all_{n}"] = acc
     for name, entry in rows(report):
         out[f"eval/{name}"] = float(entry["accuracy"])
     return out

@@ -72,18 +72,21 @@ def headline(rows: dict[str, dict]) -> dict:
 
     Returns:
       {"accuracy", "interval", "n", "rows", "values" (float [n]), "decided_by" (row name per
-      example: the row whose candidate was chosen)}.
+      example: the row whose candidate was chosen), "restart" (int [n]: which of that row's
+      restarts)}.
     """
     if not rows:
         raise ValueError("the headline needs at least one counted row.")
     names = sorted(rows)
     n = min(r["measurement"][0].shape[1] for r in rows.values())
-    selection, measurement, owner = [], [], []
+    selection, measurement, owner, restart = [], [], [], []
     for name in names:
-        for s, m in zip(rows[name]["selection"], rows[name]["measurement"], strict=True):
+        pairs = zip(rows[name]["selection"], rows[name]["measurement"], strict=True)
+        for r, (s, m) in enumerate(pairs):
             selection.append(np.asarray(s)[:, :n])
             measurement.append(np.asarray(m)[:, :n])
             owner.append(name)
+            restart.append(r)
     best = worst_candidate(selection, measurement)
     lo, hi = mean_interval(best["values"])
     return {
@@ -93,13 +96,15 @@ def headline(rows: dict[str, dict]) -> dict:
         "rows": names,
         "values": best["values"],
         "decided_by": [owner[c] for c in best["choice"]],
+        "restart": np.array([restart[c] for c in best["choice"]], np.int64),
     }
 
 
 def row_figures(selection: list[np.ndarray], measurement: list[np.ndarray]) -> dict:
     """A row's figures: expected single-mask accuracy (worst restart per example, selected on the
     selection draws), its interval, and the majority vote of the first restart's measurement
-    draws (labelled a vote) with its Wilson interval. Returns per-example `values` too."""
+    draws (labelled a vote) with its Wilson interval. Returns per-example `values` and `restart`
+    (the restart chosen per example) too."""
     best = worst_candidate(selection, measurement)
     lo, hi = mean_interval(best["values"])
     vote = majority(measurement[0]) if len(measurement) == 1 else None
@@ -107,6 +112,7 @@ def row_figures(selection: list[np.ndarray], measurement: list[np.ndarray]) -> d
         "accuracy": round(float(best["values"].mean()), 4),
         "interval": [round(lo, 4), round(hi, 4)],
         "values": best["values"],
+        "restart": best["choice"],
     }
     if vote is not None:
         out["vote_accuracy"] = round(float(vote.mean()), 4)

@@ -4,6 +4,7 @@ results.json (schema `RESULTS_SCHEMA_VERSION`) holds the headline, each row's fi
 interval and vote, the checks and the budgets; results.npz the per-example rates of every row
 (test-split order), the headline's per-example values under `headline`, every row's raw judging
 draws under `draws/<row>` and the adversarial examples of the rows that decided the headline.
+The N-evaluation's figures and flags (correct on all of N fresh draws) come from `n_eval`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import json
 import numpy as np
 
 from menet_jax import paths
-from menet_jax.evaluation import protocol, sanity
+from menet_jax.evaluation import n_eval, protocol, sanity
 from menet_jax.evaluation.rows import Role
 
 # 2: expected single-mask accuracy, `headline`, results.npz; 3: rows carry their `role`,
 # `num_classes`, `resumed_rows`, `budgets.runtime_checks`, results.npz `headline_top5`;
-# 4: `inference_overrides` (ME options evaluated otherwise than trained).
-RESULTS_SCHEMA_VERSION = 4
+# 4: `inference_overrides` (ME options evaluated otherwise than trained); 5: `n_eval`, the
+# headline's and counted rows' `all_draws`, results.npz `all_draws/<row>` (docs/method.md §6.8).
+RESULTS_SCHEMA_VERSION = 5
 
 
 def _fmt(v) -> str:
@@ -66,6 +68,7 @@ def write_markdown(report: dict, path: str) -> None:
         "selection draws and measured on independent fresh draws (docs/method.md §6.2). Rows "
         "that decided it: " + ", ".join(f"{k} {v}" for k, v in h["decided_by"].items()) + ".",
         "",
+        *n_eval.headline_sentence(report),
         _model_line(report, me) + " Each row's "
         f"accuracy is the expected single-mask accuracy: per example the fraction of "
         f"R = {report.get('eval_keys')} fresh mask draws (never seen by the attack) that classify "
@@ -113,6 +116,7 @@ def write_markdown(report: dict, path: str) -> None:
     lines += [
         "",
         "\\* diagnostic, sanity or inference-option row, not counted in the headline.",
+        *n_eval.markdown_table(report),
     ]
     lines += [
         "",
@@ -191,6 +195,7 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
         r = results[row.name]
         fig = dict(r["figures"])
         values[row.name] = fig.pop("values")
+        fig.pop("restart")  # the worst restart per example (`n_eval` reads it)
         arrays[row.name] = values[row.name].astype(np.float32)
         arrays[f"draws/{row.name}"] = r["correct"]  # [restarts, 2R, n]: R measure, R select
         entry = {
@@ -210,8 +215,11 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
 
     head = protocol.headline(_counted(plan, results, R))
     arrays["headline"] = head.pop("values").astype(np.float32)
-    decided = head.pop("decided_by")
+    decided, restart = head.pop("decided_by"), head.pop("restart")
     head["decided_by"] = {name: decided.count(name) for name in sorted(set(decided))}
+    n_eval_meta = n_eval.add_figures(
+        plan, results, figures, head, arrays, decided=decided, restart=restart
+    )
     if top5:
         head5 = protocol.headline(_counted(plan, results, R, "top5"))
         arrays["headline_top5"] = head5["values"].astype(np.float32)
@@ -259,6 +267,7 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
         "checks": found,
         "budgets": budgets,
         "skipped": {"rows": plan.skipped, "checks": skipped_checks},
+        "n_eval": n_eval_meta,
         "_arrays": arrays,
     }
 

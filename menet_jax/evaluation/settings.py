@@ -1,11 +1,11 @@
 """The `eval` config: its common keys, one section per kind of row, and their checks.
 
 `config.eval` holds the keys every row shares (`COMMON`: the examples, eps, step size, gradient
-rule, restarts, judging draws, which kinds run) and one section per kind of row
-(`config.eval.pgd.steps`, `config.eval.apgd.eot_samples`, ...), whose keys are defined with the
-kind in `menet_jax.evaluation.rows`. `eval_config()` gives the defaults; `validate_eval` checks
-every value before any work starts (training calls it too, so a bad evaluation setting fails
-before hours of training). Errors are `menet_jax.config.ConfigError`.
+rule, restarts, judging draws, the N of the N-evaluation, which kinds run) and one section per
+kind of row (`config.eval.pgd.steps`, `config.eval.apgd.eot_samples`, ...), whose keys are
+defined with the kind in `menet_jax.evaluation.rows`. `eval_config()` gives the defaults;
+`validate_eval` checks every value before any work starts (training calls it too, so a bad
+evaluation setting fails before hours of training). Errors are `menet_jax.config.ConfigError`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ from menet_jax.config import (
 from menet_jax.evaluation.rows import KINDS
 
 GROUPS = tuple(k.name for k in KINDS)
+
+
+def _n_eval_ok(v) -> bool:
+    v = tuple(v) if isinstance(v, tuple | list) else (None,)
+    return all(positive_int(n) for n in v) and list(v) == sorted(set(v))
 
 
 def _allowed_attacks() -> str:
@@ -60,6 +65,13 @@ COMMON: dict[str, Key] = {
         POSITIVE_INT,
         positive_int,
         "R: fresh judging draws that measure (and R more that select; docs/method.md §6)",
+    ),
+    "n_eval": Key(
+        (1, 5, 20),
+        "a tuple of strictly increasing positive integers (empty: no N-evaluation)",
+        _n_eval_ok,
+        "N: report per counted row and headline the fraction correct on all of N further fresh "
+        "draws (docs/method.md §6.8)",
     ),
     "attacks": Key(
         "all",

@@ -15,7 +15,9 @@ Judging (docs/method.md §6, `protocol`): 2R = 2 * eval.eval_keys draws shared b
 (`judging_keys`); draw r masks example i with fold_in(rng.stream(seed, rng.JUDGE), r) folded with
 i; draws 0..R-1 measure, R..2R-1 select. Every restart's images are judged. Attacks draw from
 rng.named(rng.stream(seed, rng.ATTACK), row name), then the batch index (restart r > 0 folds in
-r); no attack sees a judging key.
+r); no attack sees a judging key. The N-evaluation (docs/method.md §6.8, `n_eval`) judges each
+counted row's kept images once more on max(eval.n_eval) draws of a stream of their own
+(`all_draws_keys`).
 
 Devices: the evaluation runs on every device of every process (docs/method.md §6.6). A batch
 of eval_batch_size examples (divisible by the device count; a row of fewer examples is padded to
@@ -72,6 +74,13 @@ def judging_keys(seed: int, draws: int) -> jax.Array:
     """The 2R judging keys: draws 0..R-1 measure, R..2R-1 select (docs/method.md §6.2)."""
     root = rng.stream(seed, rng.JUDGE)
     return jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(2 * draws, dtype=jnp.uint32))
+
+
+def all_draws_keys(seed: int, draws: int) -> jax.Array:
+    """The N-evaluation's max(N) draws (docs/method.md §6.8): a stream of the judging root of
+    its own (`rng.ALL_DRAWS`), so no attack and no judging draw shares a key with them."""
+    root = jax.random.fold_in(rng.stream(seed, rng.JUDGE), rng.ALL_DRAWS)
+    return jax.vmap(lambda r: jax.random.fold_in(root, r))(jnp.arange(draws, dtype=jnp.uint32))
 
 
 def global_batch(n: int, batch_size: int, devices: int) -> int:
@@ -146,6 +155,28 @@ def run_row(row: Row, model: EvaluatedClassifier, data, keys, cache: dict, batch
     return out
 
 
+def all_draws(row: Row, result: dict, model: EvaluatedClassifier, data, keys, batch_size: int):
+    """A counted row's kept images judged on the N-evaluation's draws (`all_draws_keys`,
+    docs/method.md §6.8): bool [restarts, max(N), n]. A deterministic model's draws are all
+    alike: its first judging draw stands for each of them (no extra work)."""
+    correct = result["correct"]
+    if not model.randomized:
+        return np.repeat(correct[:, :1], len(keys), axis=1)
+    _, y_all, _ = data
+    advs = result["adversarial"]  # every counted row keeps them (`run_row`)
+    (restarts, n), bs = advs.shape[:2], global_batch(row.n, batch_size, model.mesh.size)
+    keys = model.replicate(keys)
+    out = np.zeros((restarts, len(keys), n), bool)
+    for r in range(restarts):
+        for _, start, m, x, y in _batches(advs[r], y_all, n, bs, model):
+            idx = model.put(
+                input_pipeline.pad_batch(np.arange(start, start + m, dtype=np.int32), bs)
+            )
+            res = jax.device_get(model.judges[row.judge](model.state, x, y, idx, keys))
+            out[r, :, start : start + m] = np.broadcast_to(res["correct"], (len(keys), bs))[:, :m]
+    return out
+
+
 def _runtime_checks(model: EvaluatedClassifier, data, keys, batch_size: int) -> dict:
     """AutoAttack's runtime checks on the clean examples (one draw each): the fraction whose loss
     gradient through the white-box path is exactly zero, and the fraction whose logits look like
@@ -212,14 +243,16 @@ def run_plan(
       plan: the rows (`plan_rows`).
       model: the evaluated classifier.
       data: (images float [n, H, W, C] in [0, 1], labels int32 [n], the 2R judging keys).
-      keys: {"attack": the attacks' root key, "sanity": the runtime checks' root key}.
+      keys: {"attack": the attacks' root key, "sanity": the runtime checks' root key, and,
+        for the N-evaluation, "all_draws": its max(N) keys (`all_draws_keys`)}.
       batch_size: the global batch (divisible by the device count).
       runtime_checks: run AutoAttack's runtime checks (when any attack kind was asked for).
       store: finished rows to resume from and save to (`_Store`), or None: no resuming.
       config: read for `progress_bar` only.
 
     Returns:
-      (per row `run_row`'s output with its `protocol.row_figures` as "figures", per row and
+      (per row `run_row`'s output with its `protocol.row_figures` as "figures" and, for a
+      counted row under the N-evaluation, its `all_draws`; per row and
       "runtime_checks" its seconds, the rows resumed, the runtime checks or None when no attack
       row ran).
     """
@@ -242,7 +275,16 @@ def run_plan(
             results[row.name], seconds[row.name] = done
         else:
             results[row.name] = run_row(row, model, data, keys, cache, batch_size)
+        save, have = done is None, results[row.name].get("all_draws")
+        more = row.counted and "all_draws" in keys  # the N-evaluation (§6.8), unless finished
+        if more and (have is None or have.shape[1] < len(keys["all_draws"])):
+            results[row.name]["all_draws"] = all_draws(
+                row, results[row.name], model, data, keys["all_draws"], batch_size
+            )
+            save = True
+        if done is None:
             seconds[row.name] = round(time.time() - t0, 2)
+        if save:
             store.save(row.name, results[row.name], seconds[row.name])
         if row.name in cache:
             cache[row.name] = results[row.name]["adversarial"]
@@ -493,14 +535,18 @@ def evaluate(
     x_all = input_pipeline.to_float(images[:n_all])
     y_all = labels[:n_all].astype(np.int32)
     keys = {"attack": rng.stream(run.seed, rng.ATTACK), "sanity": rng.stream(run.seed, rng.SANITY)}
+    if ev.n_eval:
+        keys["all_draws"] = all_draws_keys(run.seed, max(ev.n_eval))
     data = (x_all, y_all, judging_keys(run.seed, int(ev.eval_keys)))
 
     plan = plan_rows(ev, groups, model, source, n_all)
-    eval_settings = json.loads(ev.to_json())
+    eval_settings, run_settings = json.loads(ev.to_json()), json.loads(run.to_json())
     eval_settings.pop("attacks")
+    for d in (eval_settings, run_settings["eval"]):  # a finished row gets the N-evaluation's
+        d.pop("n_eval")  # draws when it lacks them: n_eval changes none of its own results
     store = _Store(workdir, {
         "eval": eval_settings, "step": clf.step, "inference_p": clf.inference_p, "votes": votes,
-        "run": json.loads(run.to_json()), "eval_batch_size": config.eval_batch_size,
+        "run": run_settings, "eval_batch_size": config.eval_batch_size,
         "source": [source_dir, source.clf.step] if source else None, "n_all": n_all,
     })  # fmt: skip
     results, seconds, resumed, runtime = run_plan(

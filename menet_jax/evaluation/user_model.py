@@ -414,6 +414,8 @@ def evaluate_model(
     R = int(ev.eval_keys)
     data = (images[:n_all], labels[:n_all], suite.judging_keys(seed, R))
     keys = {"attack": rng.stream(seed, rng.ATTACK), "sanity": rng.stream(seed, rng.SANITY)}
+    if ev.n_eval:
+        keys["all_draws"] = suite.all_draws_keys(seed, max(ev.n_eval))
     plan = suite.plan_rows(ev, groups, model, None, n_all)
     plan.skipped.update(skipped)
     bar = ml_collections.ConfigDict({"progress_bar": progress_bar})

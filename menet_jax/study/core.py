@@ -408,6 +408,12 @@ def fingerprint(entry: Planned) -> dict:
     ev["me"] = {k.split(".")[1]: d["me"][k.split(".")[1]] for k in EVAL_KEYS if "." in k}
     if entry.source is not None:
         ev["eval"]["transfer"]["source_workdir"] = f"models/{entry.source}"
+    # Added after points were evaluated; dropped at its default so finished points stay
+    # finished (it adds the all-N figures, docs/method.md §6.8, and changes no other figure).
+    from menet_jax.evaluation.settings import COMMON
+
+    if ev["eval"].get("n_eval") == list(COMMON["n_eval"].default):
+        del ev["eval"]["n_eval"]
     return {"model": entry.model, "source": entry.source, "evaluation": ev}
 
 
