@@ -122,6 +122,26 @@ def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, wo
             assert arrays[f"adversarial/{name}"].shape[1:] == (N, 28, 28, 1)
 
 
+def test_autoattack_rand_sits_beside_the_headline_with_its_state_file(me_report, workdirs):
+    a, arrays = me_report["autoattack_rand"], np.load(os.path.join(workdirs[0], "results.npz"))
+    clean, after_ce, robust = (arrays[f"autoattack_rand/{f}"] for f in
+                               ("clean", "after_apgd_ce", "robust"))  # fmt: skip
+    assert robust.shape == (N,) and robust.dtype == bool
+    assert np.all(robust <= after_ce) and np.all(after_ce <= clean)  # fooled stays fooled
+    assert a["accuracy"] == round(float(robust.mean()), 4) and a["n"] == N
+    assert a["fresh_draws"]["accuracy"] == me_report["attacks"]["autoattack_rand"]["accuracy"]
+    assert (a["steps"], a["eot_samples"], a["autoattack_budget"]) == (4, 2, False)
+    assert not me_report["attacks"]["autoattack_rand"]["in_headline"]
+    with open(os.path.join(workdirs[0], "autoattack_state.json")) as f:
+        state = json.load(f)
+    assert state["_robust_flags"] == robust.tolist() and state["_clean_accuracy"] == float(
+        a["clean_accuracy"]
+    )
+    with open(os.path.join(workdirs[0], "results.md")) as f:
+        md = f.read()
+    assert md.index("**Headline robust accuracy") < md.index("**AutoAttack (rand), its own judging")
+
+
 def test_crosscheck_adds_an_independent_attack_to_the_same_headline(me_report, workdirs):
     from menet_jax.evaluation import crosscheck
 
