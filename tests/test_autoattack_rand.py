@@ -176,3 +176,16 @@ def test_bad_budget_is_one_sentence(key, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")) as e:
         validate_eval(ev)
     assert "\n" not in str(e.value)
+
+
+def test_eps_zero_changes_nothing_on_a_deterministic_model():
+    logits_fn, w = linear3(1)
+    x = np.random.default_rng(4).uniform(0, 1, (32, 4, 4, 1)).astype(np.float32)
+    y = np.random.default_rng(5).integers(0, 3, 32).astype(np.int32)
+    x_adv, flags = autoattack.autoattack_rand(logits_fn, x, y, jax.random.key(1), eps=0.0,
+                                              steps=5, eot_samples=1)  # fmt: skip
+    right = np.argmax(x.reshape(32, -1).astype(np.float64) @ w, -1) == y
+    assert 0 < right.sum() < 32
+    np.testing.assert_array_equal(np.asarray(x_adv), x)
+    for f in autoattack.FLAGS:  # one draw of a deterministic model is its prediction
+        np.testing.assert_array_equal(np.asarray(flags[f]), right)
