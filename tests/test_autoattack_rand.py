@@ -189,3 +189,16 @@ def test_eps_zero_changes_nothing_on_a_deterministic_model():
     np.testing.assert_array_equal(np.asarray(x_adv), x)
     for f in autoattack.FLAGS:  # one draw of a deterministic model is its prediction
         np.testing.assert_array_equal(np.asarray(flags[f]), right)
+
+
+@pytest.mark.parametrize("fresh, expected", [(0.65, "comes from its judging"),
+                                             (0.50, "missed an attack")])  # fmt: skip
+def test_paragraph_says_which_way_the_images_compare(fresh, expected):
+    a = {"label": autoattack.LABEL, "accuracy": 0.455, "interval": [0.39, 0.52], "n": 200,
+         "clean_accuracy": 0.97, "after_apgd_ce": 0.555, "steps": 100, "eot_samples": 20,
+         "autoattack_budget": True, "state_file": autoattack.STATE_FILE,
+         "fresh_draws": {"accuracy": fresh},
+         "headline_same_examples": {"accuracy": 0.55, "n": 200}}  # fmt: skip
+    text = "\n".join(autoattack.markdown({"autoattack_rand": a}))
+    assert expected in text and "cut budget" not in text and "**AutoAttack (rand)" in text
+    assert autoattack.markdown({}) == []
