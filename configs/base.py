@@ -19,7 +19,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Evaluation (the attack suite; menet_jax/evaluation/, docs/method.md §5-6): the keys every
     # row shares (eval.eps, eval.num_examples, ...) and one section per kind of row
     # (eval.pgd.steps, eval.apgd.eot_samples, ...), with the paper's and AutoAttack's budgets as
-    # defaults; menet_jax/evaluation/rows.py defines each key beside its check.
+    # defaults (eval.autoattack_rand: AutoAttack's 'rand' protocol, 100 iterations x EOT 20, on
+    # every example); menet_jax/evaluation/rows.py defines each key beside its check.
     c.eval = eval_config()
     return c
 

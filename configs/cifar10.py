@@ -121,6 +121,8 @@ def _cpu(c):
     ev.pgd.long_steps, ev.pgd.long_examples = 100, 20
     ev.eot.samples, ev.eot.steps, ev.eot.step_size = 4, 20, None
     ev.apgd.steps, ev.apgd.eot_samples = 20, 2
+    aa = ev.autoattack_rand  # AutoAttack's own judging, beside the headline: the APGD rows' budget
+    aa.steps, aa.eot_samples, aa.examples = 20, 2, 200
     ev.spsa.examples, ev.spsa.steps, ev.spsa.samples = 16, 10, 64
     ev.boundary.examples, ev.boundary.steps, ev.boundary.proposals = 16, 100, 1
     ev.transfer.cw_l2_steps = 50

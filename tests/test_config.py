@@ -110,7 +110,7 @@ def test_workdir_written_before_schema_versions_loads_and_resumes(tmp_path):
 def test_v2_config_json_reads_with_nested_eval_sections(tmp_path):
     """A version-2 config.json (flat eval budgets, -1 for 'all', me.accelerated False meaning
     the method's default) reads as version 3 with the same meaning, and validates."""
-    from menet_jax.evaluation.settings import validate_eval
+    from menet_jax.evaluation.settings import eval_config, validate_eval
 
     v3 = json.loads(tiny_config().to_json())
     v2 = json.loads(json.dumps(v3))
@@ -136,6 +136,7 @@ def test_v2_config_json_reads_with_nested_eval_sections(tmp_path):
     assert tuple(ev.apgd.losses) == ("ce", "dlr") and ev.boundary.proposals == 1
     assert ev.vote.examples == 200 and "eot_examples" not in ev
     ev.vote.steps = 20  # a key version 2 did not have; the rest is complete
+    ev.autoattack_rand = eval_config().autoattack_rand  # nor this section (version 4's defaults)
     validate_eval(ev)
 
 

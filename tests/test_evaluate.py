@@ -30,6 +30,7 @@ def shrink_eval(c, n, s=3):
     ev.spsa.steps, ev.spsa.samples = 2, 8
     ev.boundary.steps, ev.boundary.proposals, c.me.votes = s + 2, 3, 3
     ev.apgd.steps, ev.apgd.eot_samples, ev.transfer.cw_l2_steps, ev.vote.steps = s + 1, 2, s, s
+    ev.autoattack_rand.steps, ev.autoattack_rand.eot_samples = s + 1, 2
     return c
 
 
@@ -59,7 +60,7 @@ EXPECTED_ROWS = [
     "transfer_fgsm", "transfer_pgd_3", "transfer_cw_k20", "transfer_cw_l2_c20", "spsa",
     "boundary", "vote_clean", "apgd_ce", "apgd_dlr", "vote_pgd_3", "vote_apgd_ce",
     "sweep_eps_x0", "sweep_eps_x0.25", "sweep_eps_x0.5", "sweep_eps_x1",
-    "sweep_eps_x2", "sweep_eps_x4", "no_me_pgd", "fixed_mask_pgd",
+    "sweep_eps_x2", "sweep_eps_x4", "no_me_pgd", "fixed_mask_pgd", "autoattack_rand",
 ]  # fmt: skip
 EXPECTED_CHECKS = [
     "eps0_unchanged", "monotone_in_eps", "large_eps_near_chance", "pgd_at_least_fgsm",
@@ -105,7 +106,8 @@ def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, wo
     assert h["rows"] == counted and h["n"] == N
     assert "pgd_3" in counted and "bpda_eot" in counted and "graybox" in counted
     assert "apgd_ce" in counted and "apgd_dlr" in counted
-    for diagnostic in ("spsa", "boundary", "transfer_cw_l2_c20", "pgd_long_5", "vote_clean"):
+    for diagnostic in ("spsa", "boundary", "transfer_cw_l2_c20", "pgd_long_5", "vote_clean",
+                       "autoattack_rand"):  # fmt: skip
         assert diagnostic not in counted
     assert sum(h["decided_by"].values()) == N
     assert h["interval"][0] <= h["accuracy"] <= h["interval"][1]
@@ -128,6 +130,26 @@ def test_headline_covers_the_counted_rows_and_is_saved_per_example(me_report, wo
         assert flags.shape == (3, N) and np.all(flags[1:] <= flags[:-1]), name
         for k, n_draws in enumerate(("1", "5", "20")):
             assert entry["all_draws"][n_draws]["accuracy"] == round(float(flags[k].mean()), 4)
+
+
+def test_autoattack_rand_sits_beside_the_headline_with_its_state_file(me_report, workdirs):
+    a, arrays = me_report["autoattack_rand"], np.load(os.path.join(workdirs[0], "results.npz"))
+    clean, after_ce, robust = (arrays[f"autoattack_rand/{f}"] for f in
+                               ("clean", "after_apgd_ce", "robust"))  # fmt: skip
+    assert robust.shape == (N,) and robust.dtype == bool
+    assert np.all(robust <= after_ce) and np.all(after_ce <= clean)  # fooled stays fooled
+    assert a["accuracy"] == round(float(robust.mean()), 4) and a["n"] == N
+    assert a["fresh_draws"]["accuracy"] == me_report["attacks"]["autoattack_rand"]["accuracy"]
+    assert (a["steps"], a["eot_samples"], a["autoattack_budget"]) == (4, 2, False)
+    assert not me_report["attacks"]["autoattack_rand"]["in_headline"]
+    with open(os.path.join(workdirs[0], "autoattack_state.json")) as f:
+        state = json.load(f)
+    assert state["_robust_flags"] == robust.tolist() and state["_clean_accuracy"] == float(
+        a["clean_accuracy"]
+    )
+    with open(os.path.join(workdirs[0], "results.md")) as f:
+        md = f.read()
+    assert md.index("**Headline robust accuracy") < md.index("**AutoAttack (rand), its own judging")
 
 
 def test_crosscheck_adds_an_independent_attack_to_the_same_headline(

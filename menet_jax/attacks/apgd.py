@@ -21,7 +21,10 @@ the loss and its gradient, each the mean over `eot_samples` model keys at the po
 
 What it returns, per example: `return_best="loss"` (the default), the point of highest mean loss
 among x_0 .. x_N; `"adversarial"`, the last iterate misclassified on a strict majority of its
-step's EOT draws, else the point of highest mean loss. AutoAttack's single run computes both
+step's EOT draws, else the point of highest mean loss; `"single_draw"`, AutoAttack's rule: the
+last iterate that the last of its step's EOT draws misclassified, else x itself (what
+AutoAttack's `perturb` returns for an example it did not fool; used by the `autoattack_rand` row,
+docs/method.md §6.9). AutoAttack's single run computes both
 (`x_best`, and `x_best_adv`, the last iterate its last draw misclassified); without
 `best_loss=True` its `perturb` returns the second where some iterate was misclassified and x
 itself elsewhere. Against a randomised model one draw's mistake is weak evidence that a fresh
@@ -68,7 +71,7 @@ from menet_jax.attacks.logits_fn import LogitsFn, merge_fn, split_fn
 from menet_jax.attacks.losses import cross_entropy, dlr_loss, dlr_targeted_loss
 
 APGD_LOSSES = ("ce", "dlr", "dlr_targeted")
-RETURN_BEST = ("loss", "adversarial")
+RETURN_BEST = ("loss", "adversarial", "single_draw")
 
 
 def _checkpoint_hundredths() -> tuple[int, ...]:
@@ -95,8 +98,8 @@ def checkpoints(steps: Any) -> Any:
 class _Result(NamedTuple):
     best: jax.Array  # [B, H, W, C], the iterate of highest mean loss
     best_loss: jax.Array  # [B]
-    adversarial: jax.Array  # [B, H, W, C], last majority-misclassified iterate, else `best`
-    fooled: jax.Array  # [B] bool, whether any iterate was majority-misclassified
+    adversarial: jax.Array  # [B, H, W, C], the last fooling iterate, else `best` (or x)
+    fooled: jax.Array  # [B] bool, whether any iterate fooled (majority, or the last draw)
     step_size: jax.Array  # [B], eta after the last checkpoint
 
 
@@ -122,7 +125,8 @@ def _per_image(flag: jax.Array) -> jax.Array:
 
 
 def _eot_eval(draw, z, step_key, eot_samples):
-    """Mean loss [B], mean gradient and the number of misclassifying draws [B] at z.
+    """Mean loss [B], mean gradient, the number of misclassifying draws [B] at z and whether the
+    last draw misclassified [B] (AutoAttack's prediction: its last EOT draw's).
 
     `draw(z, key)` returns one draw's (loss [B], misclassified [B]); the keys are split from
     `step_key` as the module docstring says.
@@ -139,16 +143,21 @@ def _eot_eval(draw, z, step_key, eot_samples):
         return per_example, grad, wrong.astype(jnp.int32)
 
     if eot_samples == 1:
-        return one(keys[0])
+        loss, grad, wrong = one(keys[0])
+        return loss, grad, wrong, wrong > 0
 
     # A loop, not a vmap, so memory does not grow with eot_samples.
     def body(i, acc):
-        return jax.tree.map(jnp.add, acc, one(keys[i]))
+        sums, _ = acc
+        now = one(keys[i])
+        return jax.tree.map(jnp.add, sums, now), now[2] > 0
 
     b = z.shape[0]
     zeros = (jnp.zeros((b,), jnp.float32), jnp.zeros_like(z), jnp.zeros((b,), jnp.int32))
-    loss, grad, wrong = jax.lax.fori_loop(0, eot_samples, body, zeros)
-    return loss / eot_samples, grad / eot_samples, wrong
+    (loss, grad, wrong), last = jax.lax.fori_loop(
+        0, eot_samples, body, (zeros, jnp.zeros((b,), bool))
+    )
+    return loss / eot_samples, grad / eot_samples, wrong, last
 
 
 def _step(t, c: _Carry, *, x, eps, rho, momentum, evaluate, majority, marks) -> _Carry:
@@ -156,13 +165,13 @@ def _step(t, c: _Carry, *, x, eps, rho, momentum, evaluate, majority, marks) -> 
     a = jnp.where(t == 1, 1.0, momentum)
     z = project_linf(c.x + _per_image(c.eta) * jnp.sign(c.grad), x, eps)
     x_new = project_linf(c.x + a * (z - c.x) + (1 - a) * (c.x - c.x_prev), x, eps)
-    loss, grad, wrong = evaluate(x_new, t)
+    loss, grad, wrong, last_wrong = evaluate(x_new, t)
 
     better = loss > c.best_loss
     best = jnp.where(_per_image(better), x_new, c.best)
     best_grad = jnp.where(_per_image(better), grad, c.best_grad)
     best_loss = jnp.where(better, loss, c.best_loss)
-    fooled_now = majority(wrong)
+    fooled_now = majority(wrong, last_wrong)
     adv = jnp.where(_per_image(fooled_now), x_new, c.adv)
     increases = c.increases + (loss > c.loss).astype(jnp.int32)
 
@@ -204,7 +213,7 @@ def _auto_target(logits_fn, x, y, key, eot_samples, target_rank):
     return jnp.take(order, target_rank - 2, axis=-1).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("fn_static", "loss", "eot_samples", "random_start"))
+@partial(jax.jit, static_argnames=("fn_static", "loss", "eot_samples", "random_start", "last_draw"))
 def _apgd(
     fn_dynamic,
     x,
@@ -221,6 +230,7 @@ def _apgd(
     loss,
     eot_samples,
     random_start,
+    last_draw=False,
 ):
     logits_fn = merge_fn(fn_dynamic, fn_static)
     k_start, k_target, k_steps = jax.random.split(key, 3)
@@ -240,8 +250,9 @@ def _apgd(
     def evaluate(z, t):
         return _eot_eval(draw, z, jax.random.fold_in(k_steps, t), eot_samples)
 
-    def majority(wrong):
-        return 2 * wrong > eot_samples
+    def majority(wrong, last_wrong):
+        # last_draw: AutoAttack's x_best_adv, an iterate its step's last draw misclassified.
+        return last_wrong if last_draw else 2 * wrong > eot_samples
 
     # Iteration 0 evaluates x_0: with a zero gradient and x_prev = x_0 its step stays at x_0,
     # a loss of +inf counts no increase, and the best loss of -inf takes x_0 as the best point.
@@ -278,7 +289,7 @@ def _apgd(
     return _Result(
         best=c.best,
         best_loss=c.best_loss,
-        adversarial=jnp.where(_per_image(c.fooled), c.adv, c.best),
+        adversarial=jnp.where(_per_image(c.fooled), c.adv, x if last_draw else c.best),
         fooled=c.fooled,
         step_size=c.eta,
     )
@@ -322,8 +333,12 @@ def _apgd_result(
     target: jax.Array | None = None,
     target_rank: int = 2,
     random_start: bool = True,
+    last_draw: bool = False,
 ) -> _Result:
-    """`apgd`'s checks and jitted run, returning its whole result (tests read the step size)."""
+    """`apgd`'s checks and jitted run, returning its whole result (tests read the step size).
+
+    `last_draw`: an iterate fools when its step's last EOT draw misclassifies it (AutoAttack),
+    not a majority of the draws; the adversarial image is x where none did."""
     x, y = check_inputs(x, y, key)
     check_nonneg("eps", eps)
     steps = check_count("steps", steps, 1)
@@ -364,6 +379,7 @@ def _apgd_result(
         loss=loss,
         eot_samples=eot_samples,
         random_start=bool(random_start),
+        last_draw=bool(last_draw),
     )
 
 
@@ -415,7 +431,9 @@ def apgd(
       random_start: start from a uniform point of the eps-ball (AutoAttack does).
       return_best: "loss" (the default): per example the iterate of highest mean loss;
         "adversarial": the last iterate misclassified on a strict majority of its step's
-        `eot_samples` draws (with 1 draw: misclassified by it), else the one of highest loss.
+        `eot_samples` draws (with 1 draw: misclassified by it), else the one of highest loss;
+        "single_draw" (AutoAttack's `x_best_adv`): the last iterate misclassified by the last
+        of its step's draws, else x itself.
 
     Returns:
       Adversarial images, float32 [B, H, W, C], within `eps` of `x` (L-inf) and in [0, 1].
@@ -436,5 +454,6 @@ def apgd(
         target=target,
         target_rank=target_rank,
         random_start=random_start,
+        last_draw=return_best == "single_draw",
     )
     return result.best if return_best == "loss" else result.adversarial

@@ -14,13 +14,14 @@ import json
 import numpy as np
 
 from menet_jax import paths
-from menet_jax.evaluation import n_eval, protocol, sanity
+from menet_jax.evaluation import autoattack, n_eval, protocol, sanity
 from menet_jax.evaluation.rows import Role
 
 # 2: expected single-mask accuracy, `headline`, results.npz; 3: rows carry their `role`,
 # `num_classes`, `resumed_rows`, `budgets.runtime_checks`, results.npz `headline_top5`;
 # 4: `inference_overrides` (ME options evaluated otherwise than trained); 5: `n_eval`, the
-# headline's and counted rows' `all_draws`, results.npz `all_draws/<row>` (docs/method.md §6.8).
+# headline's and counted rows' `all_draws`, results.npz `all_draws/<row>` (docs/method.md §6.8);
+# `autoattack_rand` (AutoAttack's own judging beside the headline, when that row ran; §6.9).
 RESULTS_SCHEMA_VERSION = 5
 
 
@@ -76,6 +77,7 @@ def write_markdown(report: dict, path: str) -> None:
         "column is a different classifier: the majority over the same R masks.",
         "",
     ]
+    lines += autoattack.markdown(report)
     changed = report.get("inference_overrides") or {}
     if changed:
         lines += [
@@ -259,7 +261,7 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
     }
     if "runtime_checks" in seconds:
         budgets["runtime_checks"] = {"examples": plan.n_all, "seconds": seconds["runtime_checks"]}
-    return {
+    out = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "headline": head,
         "clean": clean_out,
@@ -270,6 +272,17 @@ def build(plan, results, seconds, *, runtime, top5, num_classes, R) -> dict:
         "n_eval": n_eval_meta,
         "_arrays": arrays,
     }
+    _autoattack(plan, results, out)
+    return out
+
+
+def _autoattack(plan, results, out: dict) -> None:
+    """AutoAttack's own judging beside the headline (`autoattack.summarise`), if its row ran."""
+    for row in plan.rows:
+        if row.kind == "autoattack_rand":
+            entry, arrays = autoattack.summarise(row, results[row.name], out["_arrays"]["headline"])
+            out["autoattack_rand"] = entry
+            out["_arrays"].update(arrays)
 
 
 def write(out: dict, arrays: dict, workdir: str) -> None:
@@ -278,3 +291,6 @@ def write(out: dict, arrays: dict, workdir: str) -> None:
     paths.write_text(paths.join(workdir, "results.json"), json.dumps(out, indent=2))
     paths.save_npz(paths.join(workdir, "results.npz"), compressed=True, **arrays)
     write_markdown(out, paths.join(workdir, "results.md"))
+    if "autoattack_rand/robust" in arrays:  # AutoAttack's state format, beside its runs
+        aa = out["autoattack_rand"]
+        autoattack.write_state(workdir, arrays["autoattack_rand/robust"], aa["clean_accuracy"])

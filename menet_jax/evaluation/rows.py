@@ -31,6 +31,7 @@ from menet_jax.config import (
     positive,
     positive_int,
 )
+from menet_jax.evaluation import autoattack
 
 # ---------------------------------------------------------------------------------------------
 # Key checks
@@ -234,6 +235,21 @@ def _apgd(plan: Plan, c) -> None:
                      make=make, restarts=restarts, counted=True))  # fmt: skip
 
 
+def _autoattack_rand(plan: Plan, c) -> None:
+    # Not counted: AutoAttack's own judging (one draw per attack, fooled stays fooled) is another
+    # estimator; its verdicts come back beside the images (`run_row`'s aux_*), its figure goes
+    # beside the headline, and the row itself judges its final images on fresh draws.
+    t = plan.target
+    opts = {"eps": plan.eps, "steps": int(c.steps), "eot_samples": int(c.eot_samples)}
+
+    def make(x, y, k):
+        return autoattack.autoattack_rand(t.whitebox, x, y, k, **opts)
+
+    threat = f"{plan.whitebox_threat} AutoAttack rand (APGD-CE, then APGD-DLR on survivors)+EOT"
+    plan.add(Row("autoattack_rand", "autoattack_rand", threat, plan.size(c.examples),
+                 {**opts, "restarts": 1, "version": "rand"}, make=make))  # fmt: skip
+
+
 def _network_only(plan: Plan, c) -> None:
     t = plan.target
 
@@ -405,6 +421,14 @@ KINDS: tuple[Kind, ...] = (
         "eot_samples": Key(20, POSITIVE_INT, positive_int,
                            "fresh masks averaged per gradient (20)"),
     }, _apgd, "APGD with EOT (Croce & Hein 2020, AutoAttack's randomised version)"),
+    Kind("autoattack_rand", "white-box", False, {
+        "steps": Key(100, POSITIVE_INT, positive_int, "APGD iterations (AutoAttack rand: 100)"),
+        "eot_samples": Key(20, POSITIVE_INT, positive_int,
+                           "draws averaged per APGD gradient (AutoAttack rand: 20)"),
+        "examples": _examples(None),
+    }, _autoattack_rand, "AutoAttack's version 'rand' with its own judging (one draw per "
+        "attack, a fooled example stays fooled), reported beside the headline",
+        needs="randomness"),
     Kind("network_only", "gray-box", True, {}, _network_only,
          "Table 12: PGD on the network at one fixed ME(x), judged through a fresh ME",
          needs="preprocessing"),

@@ -102,7 +102,9 @@ def _batches(x_all: np.ndarray, y_all: np.ndarray, n: int, bs: int, model: Evalu
 
 def run_row(row: Row, model: EvaluatedClassifier, data, keys, cache: dict, batch_size: int) -> dict:
     """Attacks and judges one row: `correct` / `top5` bool [restarts, 2R, n] (the first R
-    draws measure, the last R select), plus per-example randomness flags of restart 0."""
+    draws measure, the last R select), plus per-example randomness flags of restart 0. A `make`
+    that returns (x_adv, {name: bool [B]}) (the autoattack_rand row's own verdicts) has each
+    flag kept as `aux_<name>` bool [restarts, n]."""
     x_all, y_all, judge_keys = data
     n, bs = row.n, global_batch(row.n, batch_size, model.mesh.size)
     row_key = rng.named(keys["attack"], row.name)
@@ -126,6 +128,11 @@ def run_row(row: Row, model: EvaluatedClassifier, data, keys, cache: dict, batch
                 x_adv = model.put(input_pipeline.pad_batch(cache[row.reuse][r, start:][:m], bs))
             else:  # restart 0 keeps the batch key, so one-restart rows draw as before
                 x_adv = row.make(x, y, key if r == 0 else jax.random.fold_in(key, r))
+                if isinstance(x_adv, tuple):
+                    x_adv, aux = x_adv
+                    for k, v in model.host(aux).items():
+                        out.setdefault(f"aux_{k}", np.zeros((restarts, n), bool))
+                        out[f"aux_{k}"][r, start : start + m] = np.asarray(v)[:m]
             if row.judge == "fixed":
                 res = model.judges["fixed"](model.state, x_adv, y, rng.fixed_mask_key(key))
             else:

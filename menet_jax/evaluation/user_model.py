@@ -324,6 +324,9 @@ def _adapt(ev, groups: set[str], clf: FunctionClassifier) -> tuple[list[str], di
             skipped["apgd"] = (
                 f"no APGD loss of eval.apgd.losses works with {clf.num_classes} classes"
             )
+    if "autoattack_rand" in groups and clf.num_classes < 3:
+        groups.discard("autoattack_rand")
+        skipped["autoattack_rand"] = f"APGD-DLR needs at least 3 classes, not {clf.num_classes}"
     if "transfer" in groups:
         groups.discard("transfer")
         skipped["transfer"] = (
