@@ -265,6 +265,9 @@ def test_madry_variants_are_adversarial_training_alone():
             adv.adv.eps, adv.adv.step_size, adv.adv.steps,
         ), name  # fmt: skip
         assert c.adv.attack_bn == adv.adv.attack_bn and c.model == adv.model, name
+        # Only the demo ramps eps up (docs/method.md §3.5): Madry et al. did not.
+        assert c.adv.eps_ramp_epochs == (1 if name == "mnist_demo" else 0), name
+        assert adv.adv.eps_ramp_epochs == 0, name
     # Variants compose: the CPU-scale CIFAR-10 run, adversarially trained without ME.
     c = load_config(os.path.join(ROOT, "configs/cifar10.py:cpu,madry"))
     config.validate(c)
