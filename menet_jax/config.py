@@ -84,8 +84,6 @@ def _one_of(*choices: str) -> Callable[[Any], bool]:
 
 def _registry(module: str, name: str) -> tuple[str, ...]:
     """Names registered in menet_jax.<module>.<name> (imported lazily: the schema loads fast)."""
-    import importlib
-
     return tuple(sorted(getattr(importlib.import_module(f"menet_jax.{module}"), name)))
 
 
@@ -331,6 +329,13 @@ ADV: dict[str, Key] = {
         "batch statistics, as the authors' train_adv.py ran it (their running statistics also "
         "moved during the attack; here they do not: docs/method.md §3.5)",
     ),
+    "eps_ramp_epochs": Key(
+        0.0,
+        "a number >= 0",
+        lambda v: is_num(v) and v >= 0,
+        "epochs over which eps and step_size rise linearly from 0 to their values (not in the "
+        "paper: short runs at a large eps, which otherwise stay at chance); 0: no ramp",
+    ),
 }
 
 SECTIONS: dict[str, dict[str, Key]] = {"": TRAIN, "me": ME, "adv": ADV}
@@ -391,8 +396,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _dataset_info(config: ml_collections.ConfigDict):
     """The dataset's DatasetInfo (an image folder's is read from its files)."""
-    import importlib
-
     input_pipeline = importlib.import_module("menet_jax.input_pipeline")
     if config.dataset == input_pipeline.IMAGE_FOLDER and config.data_dir is None:
         raise ConfigError(
@@ -410,8 +413,6 @@ def check_model_fits(config: ml_collections.ConfigDict) -> None:
     Reads the dataset's facts (an image folder is decoded on first use, then cached), so it is
     called where a run starts, not by `validate`.
     """
-    import importlib
-
     info = _dataset_info(config)
     try:
         importlib.import_module("menet_jax.models").check_fits(config.model, info.image_shape)
@@ -432,8 +433,6 @@ def _check_normalisation(config: ml_collections.ConfigDict, info=None) -> None:
     if mean is None:
         return
     if info is None:
-        import importlib
-
         if config.dataset == importlib.import_module("menet_jax.input_pipeline").IMAGE_FOLDER:
             return  # checked against the files by check_model_fits
         info = _dataset_info(config)
@@ -483,12 +482,11 @@ def from_json(text: str, *, source: str) -> ml_collections.ConfigDict:
             f"understands ({SCHEMA_VERSION}); upgrade menet-jax to read it"
         )
     # Keys added within a schema version, whose default keeps what an older file meant.
-    if isinstance(data.get("me"), dict):
-        data["me"].setdefault("sprime_dir", None)
-        data["me"].setdefault("tv_weight", 0.03)
-        data["me"].setdefault("tv_iterations", 300)
-    if isinstance(data.get("eval"), dict):  # the N-evaluation (evaluation.settings' default)
-        data["eval"].setdefault("n_eval", [1, 5, 20])
+    added = (("me", "sprime_dir", None), ("me", "tv_weight", 0.03), ("me", "tv_iterations", 300),
+             ("eval", "n_eval", [1, 5, 20]), ("adv", "eps_ramp_epochs", 0.0))  # fmt: skip
+    for section, key, value in added:
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(key, value)
     data.setdefault("lr_schedule", "step")
     data.setdefault("lr_warmup_fraction", 0.1)
     return ml_collections.ConfigDict(data)

@@ -81,18 +81,21 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
 make_mesh = mesh_lib.data_mesh  # the run's mesh (train.make_mesh for notebooks and tests)
 
 
-def make_train_step(config, graphdef, mesh, *, online: bool):
+def make_train_step(config, graphdef, mesh, *, online: bool, num_train: int):
     """The jitted step: (train state, batch, step) -> (train state, metrics sums).
 
     batch: dict with uint8 `image` [B,H,W,C] (S' entries, or raw images when `online`), int32
-    `label`, `image_idx`, `copy_idx` [B].
+    `label`, `image_idx`, `copy_idx` [B]. num_train: training images M (adversarial training's
+    eps ramp counts its epochs in steps).
     """
     me_config, seed = config.me, config.seed
     info = input_pipeline.get_info(config.dataset, data_dir=config.data_dir)
     pre = preprocess.from_config(me_config)
     reconstruct = pre.examples_on_devices(seed, mesh)  # S' entries per device: no global loop test
     if config.adv.enabled:
-        adversarial_examples = adversarial.make_adversarial_examples(config, mesh, info.num_classes)
+        adversarial_examples = adversarial.make_adversarial_examples(
+            config, mesh, info.num_classes, num_train=num_train
+        )
 
     def step_fn(train_state, batch, step):
         model, optimizer = nnx.merge(graphdef, train_state)
@@ -197,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = make_mesh()
     train_state = jax.device_put(train_state, NamedSharding(mesh, P()))
     data_sharding = NamedSharding(mesh, P("data"))
-    train_step = make_train_step(config, graphdef, mesh, online=online)
+    train_step = make_train_step(config, graphdef, mesh, online=online, num_train=num_train)
 
     num_steps = recipe.total_steps(config, num_train)
     writer = monitor.MetricWriter(workdir, enabled=jax.process_index() == 0)

@@ -37,6 +37,7 @@ def test_every_default_passes_its_own_check():
         ("lr_boundaries_epochs", (150, 100), "increasing"),
         ("adv.steps", 0, "config.adv.steps"),
         ("adv.attack_bn", "batch", "eval or train"),
+        ("adv.eps_ramp_epochs", -1.0, "config.adv.eps_ramp_epochs=-1.0 is not allowed"),
         ("model_width", 0, "config.model_width=0"),
         ("model_width", 32, "applies to resnet18 only"),  # the tiny config's model is lenet
         ("model_std", (0.2, 0.0, 0.2), "config.model_std"),
@@ -167,6 +168,22 @@ def test_v3_config_json_reads_as_v4_with_the_v3_meaning(tmp_path):
     assert checkpoint.read_config(str(tmp_path)).to_dict() == v4
 
 
+def test_config_json_without_the_eps_ramp_reads_as_no_ramp_and_keeps_its_model_hash(tmp_path):
+    """adv.eps_ramp_epochs came within schema 4: a config.json written before it means no
+    ramp, and the model it names keeps its cache key (`study.model_hash`)."""
+    from menet_jax.study import model_hash
+
+    c = load_config(os.path.join(ROOT, "configs/mnist_demo.py:adv"))
+    old = json.loads(config.to_json(c))
+    del old["config"]["adv"]["eps_ramp_epochs"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    back = checkpoint.read_config(str(tmp_path))
+    assert back.adv.eps_ramp_epochs == 0 and back.to_dict() == json.loads(c.to_json())
+    assert model_hash(back) == model_hash(c) == "18ab682a39a2cad2"  # as before the key
+    c.adv.eps_ramp_epochs = 1.0
+    assert model_hash(c) != "18ab682a39a2cad2"
+
+
 def test_mnist_normalisation_needs_one_value(tmp_path):
     c = tiny_config(**{"model_mean": (0.1307,), "model_std": (0.3081,)})
     config.validate(c)
@@ -249,6 +266,9 @@ def test_madry_variants_are_adversarial_training_alone():
             adv.adv.eps, adv.adv.step_size, adv.adv.steps,
         ), name  # fmt: skip
         assert c.adv.attack_bn == adv.adv.attack_bn and c.model == adv.model, name
+        # Only the demo ramps eps up (docs/method.md §3.5): Madry et al. did not.
+        assert c.adv.eps_ramp_epochs == (1 if name == "mnist_demo" else 0), name
+        assert adv.adv.eps_ramp_epochs == 0, name
     # Variants compose: the CPU-scale CIFAR-10 run, adversarially trained without ME.
     c = load_config(os.path.join(ROOT, "configs/cifar10.py:cpu,madry"))
     config.validate(c)

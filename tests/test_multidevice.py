@@ -119,7 +119,7 @@ batch = {"image": rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
          "label": np.zeros(16, np.int32), "image_idx": np.arange(16, dtype=np.int32),
          "copy_idx": np.zeros(16, np.int32)}
 batch = train.to_global(batch, NamedSharding(mesh, P("data")))
-step = train.make_train_step(c, graphdef, mesh, online=True)
+step = train.make_train_step(c, graphdef, mesh, online=True, num_train=256)
 text = step.lower(ts, batch, jnp.asarray(0, jnp.int32)).compile().as_text()
 comps, cur = {}, None
 for line in text.splitlines():

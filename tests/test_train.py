@@ -336,6 +336,70 @@ def test_adversarial_training_draws_a_fresh_final_mask_every_epoch(tmp_path, mon
     assert s["steps"] == 2 and len(calls) == 1
 
 
+def _madry_examples(steps, **overrides):
+    """Adversarial examples of a tiny Madry config (no ME; 256 digits in batches of 32, 8 steps
+    an epoch; PGD-10, eps 0.3, step 0.05) at train `steps`, made inside a jit with the step
+    traced as in the train step, from one untrained LeNet: (config, model, x, batch, examples)."""
+    adv = {"adv.enabled": True, "adv.eps": 0.3, "adv.step_size": 0.05, "adv.steps": 10}
+    c = tiny_config(**{"me.method": "none", **adv, **overrides})
+    data = train.load_data(c)
+    model = recipe.create_model(c, data.info)
+    fn = adversarial.make_adversarial_examples(c, train.make_mesh(), 10, num_train=256)
+    x = jnp.asarray(data.train_images[:32], jnp.float32) / 255
+    idx = jnp.arange(32, dtype=jnp.int32)
+    batch = {"label": jnp.asarray(data.train_labels[:32], jnp.int32), "image_idx": idx,
+             "copy_idx": jnp.zeros(32, jnp.int32)}  # fmt: skip
+    made = nnx.jit(fn)  # one trace: the step is traced
+    return c, model, x, batch, {s: made(model, x, batch, jnp.int32(s)) for s in steps}
+
+
+@pytest.fixture(scope="module")
+def madry_examples():
+    """The examples at steps 0, 4, 8, 20 with adv.eps_ramp_epochs=1 (a ramp of 8 steps) and
+    without a ramp (the default 0)."""
+    return {
+        "ramp": _madry_examples([0, 4, 8, 20], **{"adv.eps_ramp_epochs": 1.0}),
+        "none": _madry_examples([0, 8, 20]),
+    }
+
+
+def _linf(x, x_adv):
+    return float(jnp.max(jnp.abs(x_adv - x)))
+
+
+def test_eps_ramp_grows_the_perturbation_linearly_from_zero(madry_examples):
+    """adv.eps_ramp_epochs=1 (8 steps): no perturbation at step 0, eps/2 at step 4 (PGD-10 at
+    half the step size still reaches the ball's edge), eps from step 8 on, where the examples
+    are those of training without the ramp."""
+    assert adversarial.ramp_steps(tiny_config(**{"me.method": "none"}), 256) == 0
+    ramped = tiny_config(**{"me.method": "none", "adv.eps_ramp_epochs": 1.0})
+    assert adversarial.ramp_steps(ramped, 256) == 8
+    _, _, x, _, at = madry_examples["ramp"]
+    assert _linf(x, at[0]) == 0.0
+    assert _linf(x, at[4]) == pytest.approx(0.15, abs=1e-6)
+    assert _linf(x, at[8]) == pytest.approx(0.3, abs=1e-6)
+    assert _linf(x, at[20]) == pytest.approx(0.3, abs=1e-6)
+    flat = madry_examples["none"][-1]
+    np.testing.assert_allclose(at[8], flat[8], atol=1e-6)
+    np.testing.assert_allclose(at[20], flat[20], atol=1e-6)
+
+
+def test_no_eps_ramp_makes_the_examples_of_plain_pgd(madry_examples):
+    """The default adv.eps_ramp_epochs=0 attacks every step at adv.eps and adv.step_size: the
+    examples are attacks.pgd's on the network's logits with the step's adversarial key."""
+    from menet_jax import attacks
+
+    c, model, x, batch, at = madry_examples["none"]
+    assert c.adv.eps_ramp_epochs == 0
+    clf = defense.DefendedClassifier.from_model(model, c, 10)
+    fn = clf.logits_fn("menet", gradient="bpda", p=jnp.ones(32), bn="eval")
+    for step in (0, 8):
+        key = rng.step_key(c.seed, rng.ADVERSARIAL, step)
+        want = attacks.pgd(fn, x, batch["label"], key, eps=0.3, step_size=0.05, steps=10)
+        np.testing.assert_allclose(at[step], want, atol=1e-6)
+    assert _linf(x, at[0]) == pytest.approx(0.3, abs=1e-6)
+
+
 def test_eval_settings_are_validated_before_training(tmp_path):
     # `main` checks the whole config before training (training itself knows no eval keys).
     r = _run_main("--config=configs/mnist_demo.py", f"--workdir={tmp_path}", "--mode=train",

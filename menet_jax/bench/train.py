@@ -45,7 +45,7 @@ def jax_images_per_s(config, *, online: bool, steps: int) -> float:
     graphdef, train_state = nnx.split((model, optimizer))
     mesh = train.make_mesh()
     train_state = jax.device_put(train_state, NamedSharding(mesh, P()))
-    step_fn = train.make_train_step(config, graphdef, mesh, online=online)
+    step_fn = train.make_train_step(config, graphdef, mesh, online=online, num_train=50_000)
     b = config.batch_size
     rng = np.random.default_rng(0)
     batch = {

@@ -215,8 +215,8 @@ def model_key(config) -> dict:
         d["me"] = {"method": "none"}
     if not d["adv"]["enabled"]:
         d["adv"] = {"enabled": False}
-    # Keys added since schema 3 (schema 4's, and the learning-rate schedule's), dropped at
-    # their defaults so that models cached before keep their hashes.
+    # Keys added since schema 3 (schema 4's, the learning-rate schedule's, the eps ramp's),
+    # dropped at their defaults so that models cached before keep their hashes.
     for dotted, default in _ADDED_DEFAULTS.items():
         *path, key = dotted.split(".")
         part = d
@@ -237,6 +237,7 @@ _ADDED_DEFAULTS = {
     "lr_warmup_fraction": 0.1,
     "me.tv_weight": 0.03,
     "me.tv_iterations": 300,
+    "adv.eps_ramp_epochs": 0.0,
 }
 
 
