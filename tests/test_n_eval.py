@@ -266,8 +266,14 @@ def test_study_points_keep_their_fingerprint_at_the_default():
     from tests.test_train import tiny_config
 
     c = tiny_config()
+    c.eval.attacks = "pgd,eot"
     entry = core.Planned(point=None, config=c, model="m")
     fp = core.fingerprint(entry)
     assert "n_eval" not in fp["evaluation"]["eval"]  # as before the key existed
+    assert "autoattack_rand" not in fp["evaluation"]["eval"]  # added later, and not run here
     c.eval.n_eval = (1, 10)
     assert core.fingerprint(entry)["evaluation"]["eval"]["n_eval"] == [1, 10]
+    c.eval.attacks = "pgd,autoattack_rand"  # run: its budget is part of the fingerprint
+    assert core.fingerprint(entry)["evaluation"]["eval"]["autoattack_rand"] == dict(
+        c.eval.autoattack_rand
+    )

@@ -409,12 +409,15 @@ def fingerprint(entry: Planned) -> dict:
     ev["me"] = {k.split(".")[1]: d["me"][k.split(".")[1]] for k in EVAL_KEYS if "." in k}
     if entry.source is not None:
         ev["eval"]["transfer"]["source_workdir"] = f"models/{entry.source}"
-    # Added after points were evaluated; dropped at its default so finished points stay
-    # finished (it adds the all-N figures, docs/method.md §6.8, and changes no other figure).
-    from menet_jax.evaluation.settings import COMMON
+    # Added after points were evaluated, so finished points stay finished: the all-N figures
+    # (docs/method.md §6.8, dropped at their default) change no other figure, and the
+    # autoattack_rand row's budget (§6.9) only counts where eval.attacks runs it.
+    from menet_jax.evaluation import settings
 
-    if ev["eval"].get("n_eval") == list(COMMON["n_eval"].default):
+    if ev["eval"].get("n_eval") == list(settings.COMMON["n_eval"].default):
         del ev["eval"]["n_eval"]
+    if "autoattack_rand" not in settings.parse_attacks(ev["eval"]["attacks"]):
+        ev["eval"].pop("autoattack_rand", None)
     return {"model": entry.model, "source": entry.source, "evaluation": ev}
 
 
