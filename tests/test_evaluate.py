@@ -7,10 +7,11 @@ import math
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
-from menet_jax import evaluation, train
+from menet_jax import checkpoint, evaluation, train
 from menet_jax.evaluation import protocol, sanity, stats
 from menet_jax.evaluation.rows import Role
 from tests.test_train import tiny_config
@@ -175,6 +176,11 @@ def test_crosscheck_adds_an_independent_attack_to_the_same_headline(
     assert again["rows"] == out["rows"]
     with pytest.raises(AssertionError, match="attacked again"):  # another attack is run
         crosscheck.run(workdirs[0], steps=3, eot=2, batch_size=N)
+    # The stored variants belong to the weights: one changed weight is another signature.
+    state = checkpoint.load(workdirs[0]).state
+    leaves, tree = jax.tree_util.tree_flatten(state)
+    changed = jax.tree_util.tree_unflatten(tree, [np.asarray(leaves[0]) + 1e-6, *leaves[1:]])
+    assert crosscheck._digest(changed) != crosscheck._digest(state)
 
 
 def test_eps0_row_equals_clean(me_report):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -107,9 +108,11 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     before = protocol.headline(rows)
     attack_stream = rng.stream(clf.config.seed, rng.CROSSCHECK)
     params = {"steps": steps, "eot": eot, "eps": eps, "gradients": list(gradients)}
-    # What the variants' draws depend on: the attack, the examples and draws, the ME evaluated.
+    # What the variants' draws depend on: the attack, the examples and draws, the ME evaluated
+    # and the network's weights.
     signature = {**params, "n": n, "eval_keys": R, "seed": int(clf.config.seed),
-                 "batch_size": batch_size, "me": results["me"]}  # fmt: skip
+                 "batch_size": batch_size, "me": results["me"],
+                 "weights": _digest(clf.state)}  # fmt: skip
     extra, seconds = _stored(workdir, signature, R), {}
     for gradient in gradients if not extra else ():
         logits_fn = model.clf.logits_fn("menet", gradient=gradient)  # ME per device
@@ -150,6 +153,14 @@ def run(workdir: str, *, steps: int, eot: int, batch_size: int, gradients=("bpda
     }
     paths.write_text(paths.join(workdir, "crosscheck.json"), json.dumps(out, indent=2))
     return out
+
+
+def _digest(state) -> str:
+    """A digest of the network's weights and statistics: the stored variants belong to them."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(state):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _npz(workdir: str) -> str:
