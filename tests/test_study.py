@@ -367,3 +367,21 @@ def test_defences_end_to_end_on_a_tiny_config(tmp_path, counted):
     for rec in out["points"]:
         assert "missing" not in rec["cells"]["PGD-7"] and "missing" not in rec["cells"]["headline"]
         assert rec["cells"]["PGD-20"]["missing"]  # not among this run's rows
+
+
+def test_bars_legend_names_a_column_the_first_point_lacks():
+    # The vanilla point has no BPDA+EOT row (a deterministic model): the column is still named.
+    from menet_jax.study import Bars, output
+
+    def cell(acc):
+        return {"accuracy": acc, "interval": [acc - 0.05, acc + 0.05]}
+
+    records = [
+        {"name": "vanilla", "cells": {"clean": cell(0.9), "BPDA+EOT": {"missing": "n/a"}}},
+        {"name": "menet", "cells": {"clean": cell(0.9), "BPDA+EOT": cell(0.5)}},
+    ]
+    plt = output.pyplot()
+    fig = output._bars(plt, Bars(("clean", "BPDA+EOT")), records)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["clean", "BPDA+EOT"]

@@ -274,6 +274,7 @@ def _bars(plt, spec: core.Bars, records: list[dict]):
     fig, ax = plt.subplots(figsize=(min(14, max(6, 0.6 * len(records) * len(spec.columns))), 4.2))
     width = 0.8 / len(spec.columns)
     for j, col in enumerate(spec.columns):
+        labelled = False  # the first point that has the column labels it (not always the first)
         for i, r in enumerate(records):
             c = r["cells"][col]
             if "missing" in c:
@@ -281,7 +282,8 @@ def _bars(plt, spec: core.Bars, records: list[dict]):
             lo, hi = c["interval"]
             ax.bar(i + j * width, c["accuracy"], width,
                    yerr=[[c["accuracy"] - lo], [hi - c["accuracy"]]], capsize=2,
-                   color=f"C{j}", label=col if i == 0 else None)  # fmt: skip
+                   color=f"C{j}", label=None if labelled else col)  # fmt: skip
+            labelled = True
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(records))])
     ax.set_xticklabels([r["name"] for r in records], fontsize=8)
     ax.set_ylabel("accuracy (95% interval)")
